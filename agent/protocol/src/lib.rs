@@ -1,0 +1,27 @@
+//! The hull agent protocol.
+//!
+//! Control traffic is one vsock connection to [`CONTROL_PORT`] carrying frames: a `u32`
+//! big-endian length followed by a JSON body of at most [`MAX_FRAME`] bytes. The host sends
+//! [`Request`]s, the agent answers each with a [`Response`] echoing its id, and pushes
+//! [`Event`]s at any time.
+//!
+//! Process stdio never travels in JSON: each stream is its own connection to [`STDIO_PORT`]
+//! that starts with one [`StreamHeader`] line and then carries raw bytes.
+//!
+//! Both sides treat what they read as hostile: frames are length-capped before allocation and
+//! every field is validated by the receiver.
+
+pub mod frame;
+pub mod messages;
+pub mod stream;
+
+pub use frame::{decode_body, encode, read_frame, write_frame, FrameError, MAX_FRAME};
+pub use messages::*;
+pub use stream::{StreamHeader, StreamKind};
+
+/// vsock port of the agent's control server.
+pub const CONTROL_PORT: u32 = 1024;
+/// vsock port on which the agent accepts stdio streams.
+pub const STDIO_PORT: u32 = 1025;
+/// Protocol version; the handshake fails when host and agent disagree.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,123 @@
+//! Control messages.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest container or exec id either side accepts (runc allows any length; a VM boundary
+/// does not).
+pub const MAX_ID_LEN: usize = 128;
+
+/// A request from the host. `id` is echoed in the [`Response`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    #[serde(flatten)]
+    pub body: RequestBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "call", content = "args", rename_all = "snake_case")]
+pub enum RequestBody {
+    /// First call on a connection; the agent refuses every other call before it.
+    Handshake { version: u32 },
+    Ping,
+    /// Create (but do not start) a container from an OCI spec already rewritten for guest
+    /// paths: `spec.root.path` is absolute in the guest.
+    CreateContainer { container_id: String, spec: serde_json::Value },
+    StartContainer { container_id: String },
+    /// Deliver `signal` to the container's init (or to every process with `all`).
+    SignalProcess { container_id: String, signal: i32, all: bool },
+    RemoveContainer { container_id: String },
+}
+
+/// The agent's answer to one request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub id: u64,
+    #[serde(flatten)]
+    pub result: Outcome,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok(Reply),
+    Error(AgentError),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    Empty,
+    Handshake { version: u32, agent_version: String },
+    /// Guest pid of a container's init.
+    Created { pid: i32 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct AgentError {
+    pub message: String,
+}
+
+impl AgentError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into() }
+    }
+}
+
+/// Something the agent tells the host without being asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A container's init ended. `status` follows the shell's convention: the exit code, or
+    /// 128 + the signal number.
+    ProcessExited { container_id: String, status: i32 },
+}
+
+/// Everything the agent writes on the control connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentMessage {
+    Response(Response),
+    Event(Event),
+}
+
+/// Check an id that names a container or process. Ids become path components on both sides,
+/// so only a conservative alphabet is accepted (runc's own rule, plus a length cap).
+pub fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("id is empty".into());
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(format!("id is longer than {MAX_ID_LEN} bytes"));
+    }
+    if id == "." || id == ".." {
+        return Err(format!("invalid id {id:?}"));
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || "_+-.".contains(*c))) {
+        return Err(format!("invalid character {c:?} in id {id:?}: only [A-Za-z0-9_+.-] are allowed"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_shape_is_stable() {
+        let req = Request { id: 3, body: RequestBody::StartContainer { container_id: "c".into() } };
+        let json = serde_json::to_string(&req).unwrap();
+        assert_eq!(json, r#"{"id":3,"call":"start_container","args":{"container_id":"c"}}"#);
+        let msg = AgentMessage::Response(Response { id: 3, result: Outcome::Ok(Reply::Empty) });
+        assert_eq!(serde_json::to_string(&msg).unwrap(), r#"{"response":{"id":3,"ok":{"kind":"empty"}}}"#);
+    }
+
+    #[test]
+    fn ids() {
+        assert!(validate_id("abc-1.2_x+y").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "ä", &"x".repeat(129)] {
+            assert!(validate_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

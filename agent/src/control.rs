@@ -1,0 +1,127 @@
+//! The control server: framed requests in, responses and events out.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use hull_protocol::{
+    read_frame, write_frame, AgentError, AgentMessage, Event, FrameError, Outcome, Reply, Request, RequestBody,
+    Response, CONTROL_PORT, PROTOCOL_VERSION,
+};
+
+use crate::containers::Registry;
+use crate::log;
+use crate::vsock::{Listener, Stream};
+
+type Writer = Arc<Mutex<Stream>>;
+
+/// Delivers events to the current host connection, queueing them while there is none.
+#[derive(Clone, Default)]
+pub struct EventSink(Arc<Mutex<SinkState>>);
+
+#[derive(Default)]
+struct SinkState {
+    conn: Option<Writer>,
+    queued: VecDeque<Event>,
+}
+
+impl EventSink {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn send(&self, event: Event) {
+        let mut state = self.0.lock().unwrap();
+        state.queued.push_back(event);
+        state.flush();
+    }
+
+    fn attach(&self, conn: Writer) {
+        let mut state = self.0.lock().unwrap();
+        state.conn = Some(conn);
+        state.flush();
+    }
+}
+
+impl SinkState {
+    fn flush(&mut self) {
+        let Some(conn) = &self.conn else { return };
+        while let Some(event) = self.queued.pop_front() {
+            let msg = AgentMessage::Event(event.clone());
+            if write_frame(&mut *conn.lock().unwrap(), &msg).is_err() {
+                // Host went away: keep the event for the next connection.
+                self.queued.push_front(event);
+                self.conn = None;
+                return;
+            }
+        }
+    }
+}
+
+pub fn serve(registry: Arc<Registry>, events: EventSink) -> Result<()> {
+    let listener = Listener::bind(CONTROL_PORT)?;
+    loop {
+        let conn = listener.accept()?;
+        let registry = registry.clone();
+        let events = events.clone();
+        std::thread::Builder::new().name("control".into()).spawn(move || {
+            match handle(conn, &registry, &events) {
+                Ok(()) | Err(FrameError::Closed) => {}
+                Err(e) => log::error(&format!("control connection: {e}")),
+            }
+        })?;
+    }
+}
+
+fn handle(conn: Stream, registry: &Registry, events: &EventSink) -> Result<(), FrameError> {
+    let mut reader = conn.try_clone()?;
+    let writer: Writer = Arc::new(Mutex::new(conn));
+    let mut shaken = false;
+    loop {
+        let req: Request = read_frame(&mut reader)?;
+        let result = match (&req.body, shaken) {
+            (RequestBody::Handshake { version }, _) if *version == PROTOCOL_VERSION => {
+                shaken = true;
+                Ok(Reply::Handshake { version: PROTOCOL_VERSION, agent_version: env!("CARGO_PKG_VERSION").into() })
+            }
+            (RequestBody::Handshake { version }, _) => {
+                Err(AgentError::new(format!("protocol version {version} unsupported (agent speaks {PROTOCOL_VERSION})")))
+            }
+            (_, false) => Err(AgentError::new("handshake required first")),
+            (body, true) => dispatch(registry, body.clone()).map_err(|e| AgentError::new(format!("{e:#}"))),
+        };
+        let response = AgentMessage::Response(Response {
+            id: req.id,
+            result: match result {
+                Ok(reply) => Outcome::Ok(reply),
+                Err(e) => Outcome::Error(e),
+            },
+        });
+        write_frame(&mut *writer.lock().unwrap(), &response)?;
+        if shaken && matches!(req.body, RequestBody::Handshake { .. }) {
+            events.attach(writer.clone());
+        }
+    }
+}
+
+fn dispatch(registry: &Registry, body: RequestBody) -> Result<Reply> {
+    Ok(match body {
+        RequestBody::Handshake { .. } => unreachable!("handled by the caller"),
+        RequestBody::Ping => Reply::Empty,
+        RequestBody::CreateContainer { container_id, spec } => {
+            Reply::Created { pid: registry.create(&container_id, spec)? }
+        }
+        RequestBody::StartContainer { container_id } => {
+            registry.start(&container_id)?;
+            Reply::Empty
+        }
+        RequestBody::SignalProcess { container_id, signal, all } => {
+            registry.signal(&container_id, signal, all)?;
+            Reply::Empty
+        }
+        RequestBody::RemoveContainer { container_id } => {
+            registry.remove(&container_id)?;
+            Reply::Empty
+        }
+    })
+}

@@ -1,0 +1,50 @@
+//! Where hull finds its guest kernel, initramfs and helper daemons.
+//!
+//! Everything lives under one prefix (`/usr/local/share/hull` by default, `HULL_ASSET_DIR` to
+//! override): `vmlinuz` (bzImage) + `vmlinux`, `initramfs.cpio`, and `bin/` with `virtiofsd`
+//! and `vhost-device-vsock`. QEMU is taken from `HULL_QEMU` or `PATH`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+pub const DEFAULT_ASSET_DIR: &str = "/usr/local/share/hull";
+
+#[derive(Debug, Clone)]
+pub struct Assets {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub vsock_backend: PathBuf,
+    pub qemu: PathBuf,
+}
+
+impl Assets {
+    /// Locate every asset, failing with the path that is missing.
+    pub fn locate() -> Result<Self> {
+        let dir = std::env::var_os("HULL_ASSET_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_ASSET_DIR.into());
+        let assets = Assets {
+            kernel: dir.join("vmlinuz"),
+            initramfs: dir.join("initramfs.cpio"),
+            virtiofsd: dir.join("bin/virtiofsd"),
+            vsock_backend: dir.join("bin/vhost-device-vsock"),
+            qemu: std::env::var_os("HULL_QEMU")
+                .map(PathBuf::from)
+                .or_else(|| find_in_path("qemu-system-x86_64"))
+                .unwrap_or_else(|| "qemu-system-x86_64".into()),
+        };
+        for path in [&assets.kernel, &assets.initramfs, &assets.virtiofsd, &assets.vsock_backend, &assets.qemu] {
+            if !path.exists() {
+                bail!(
+                    "{} not found: install hull's assets (`make install`) or set HULL_ASSET_DIR",
+                    path.display()
+                );
+            }
+        }
+        Ok(assets)
+    }
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(name)).find(|p| p.is_file())
+}

@@ -1,0 +1,78 @@
+//! Loading and validating an OCI bundle on the host.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+/// A bundle whose config.json parsed and whose rootfs exists.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Absolute, canonical bundle directory.
+    pub dir: PathBuf,
+    pub spec: Spec,
+    /// Absolute, canonical root filesystem.
+    pub rootfs: PathBuf,
+    /// The raw config, kept so fields oci-spec does not model survive the trip to the guest.
+    pub raw: serde_json::Value,
+}
+
+impl Bundle {
+    pub fn load(dir: &Path) -> Result<Bundle> {
+        let dir = dir.canonicalize().map_err(|e| anyhow!("bundle {}: {e}", dir.display()))?;
+        if !dir.is_dir() {
+            bail!("bundle {}: not a directory", dir.display());
+        }
+        let config = dir.join("config.json");
+        let file = File::open(&config).map_err(|e| anyhow!("{}: {e}", config.display()))?;
+        let raw: serde_json::Value = serde_json::from_reader(BufReader::new(file))
+            .map_err(|e| anyhow!("{}: not valid JSON: {e}", config.display()))?;
+        let spec: Spec = serde_path_to_error::deserialize(&raw).map_err(|e| {
+            let field = e.path().to_string();
+            anyhow!("{}: field `{}`: {}", config.display(), field, e.inner())
+        })?;
+
+        let root = spec.root().as_ref().ok_or_else(|| anyhow!("{}: field `root` is missing", config.display()))?;
+        let rootfs = dir.join(root.path());
+        let rootfs = rootfs
+            .canonicalize()
+            .map_err(|e| anyhow!("{}: field `root.path`: {}: {e}", config.display(), rootfs.display()))?;
+        if !rootfs.is_dir() {
+            bail!("{}: field `root.path`: {} is not a directory", config.display(), rootfs.display());
+        }
+        if let Some(process) = spec.process() {
+            if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+                bail!("{}: field `process.args`: must name a program", config.display());
+            }
+        }
+        Self::check_network(&spec, &config)?;
+        Ok(Bundle { dir, spec, rootfs, raw })
+    }
+
+    /// A VM cannot join the host's network: refuse a config without a network namespace.
+    fn check_network(spec: &Spec, config: &Path) -> Result<()> {
+        let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default();
+        match namespaces.iter().find(|ns| ns.typ() == LinuxNamespaceType::Network) {
+            None => bail!(
+                "{}: field `linux.namespaces`: no network namespace means host networking, which a VM \
+                 cannot share; add {{\"type\": \"network\"}} (or a \"path\" to an existing one)",
+                config.display()
+            ),
+            Some(ns) if ns.path().is_some() => {
+                bail!("{}: field `linux.namespaces`: joining a network namespace by path is not supported yet", config.display())
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The process this bundle runs, or an error naming the field.
+    pub fn require_process(&self) -> Result<()> {
+        self.spec
+            .process()
+            .as_ref()
+            .map(|_| ())
+            .with_context(|| format!("{}: field `process` is missing: nothing to run", self.dir.join("config.json").display()))
+    }
+}

@@ -1,0 +1,245 @@
+//! One function per verb.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command as Process;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::{Cli, Command, LogFormat};
+use crate::bundle::Bundle;
+use crate::sandbox::SandboxConfig;
+use crate::state::{StateDir, Status};
+use crate::supervisor::control::{self, ControlRequest};
+use crate::supervisor::{self, Supervisor};
+
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub fn dispatch(cli: &Cli) -> Result<i32> {
+    let config = SandboxConfig { backend: cli.backend, ..SandboxConfig::default() };
+    match &cli.command {
+        Command::Run { bundle, detach: false, pid_file, id } => run_foreground(cli, bundle, pid_file.as_deref(), id, &config),
+        Command::Run { bundle, detach: true, pid_file, id } => {
+            create(cli, bundle, pid_file.as_deref(), id, true)?;
+            Ok(0)
+        }
+        Command::Create { bundle, pid_file, id } => {
+            create(cli, bundle, pid_file.as_deref(), id, false)?;
+            Ok(0)
+        }
+        Command::Start { id } => {
+            let dir = StateDir::new(&cli.root, id)?;
+            let _lock = dir.lock_existing()?;
+            let state = dir.read()?;
+            match supervisor::effective_status(&state) {
+                Status::Created => {}
+                other => bail!("cannot start a container that is {}", other.as_str()),
+            }
+            control::request(&dir.control_socket(), &ControlRequest::Start, CONTROL_TIMEOUT)?;
+            Ok(0)
+        }
+        Command::State { id } => {
+            let dir = StateDir::new(&cli.root, id)?;
+            let mut state = dir.read()?;
+            state.status = supervisor::effective_status(&state);
+            if state.status == Status::Stopped {
+                state.pid = None;
+            }
+            println!("{}", serde_json::to_string_pretty(&state)?);
+            Ok(0)
+        }
+        Command::Kill { all, id, signal } => {
+            let signal = super::signal::parse(signal)?;
+            let dir = StateDir::new(&cli.root, id)?;
+            let state = dir.read()?;
+            match supervisor::effective_status(&state) {
+                Status::Created | Status::Running | Status::Paused => {}
+                other => bail!("cannot kill a container that is {}", other.as_str()),
+            }
+            control::request(&dir.control_socket(), &ControlRequest::Kill { signal, all: *all }, CONTROL_TIMEOUT)?;
+            Ok(0)
+        }
+        Command::Delete { force, id } => {
+            delete(cli, id, *force)?;
+            Ok(0)
+        }
+        Command::Spec { bundle } => {
+            let path = bundle.join("config.json");
+            if path.exists() {
+                bail!("{} already exists; remove it first", path.display());
+            }
+            std::fs::write(&path, serde_json::to_string_pretty(&crate::spec::default_spec())?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(0)
+        }
+        Command::Supervise { bundle, ready_fd, id } => Ok(supervise(cli, bundle, *ready_fd, id, &config)),
+    }
+}
+
+/// `run` without `-d`: this process is the supervisor, relaying its own stdio.
+fn run_foreground(cli: &Cli, bundle: &Path, pid_file: Option<&Path>, id: &str, config: &SandboxConfig) -> Result<i32> {
+    let bundle = Bundle::load(bundle)?;
+    bundle.require_process()?;
+    let dir = StateDir::new(&cli.root, id)?;
+    dir.create()?;
+    let result = (|| {
+        let signals = Supervisor::block_forwarded_signals()?;
+        let mut sup = Supervisor::create(dir.clone(), &bundle, config, signals)?;
+        if let Some(path) = pid_file {
+            write_pid_file(path, std::process::id())?;
+        }
+        if let Err(e) = sup.start() {
+            drop(sup);
+            return Err(e);
+        }
+        Ok(sup.serve())
+    })();
+    // runc's `run` removes the container once it has exited.
+    dir.remove()?;
+    result
+}
+
+/// `create` (and `run -d`): start a detached supervisor and wait until it reports the
+/// container created, or why not.
+fn create(cli: &Cli, bundle_path: &Path, pid_file: Option<&Path>, id: &str, start: bool) -> Result<()> {
+    let bundle = Bundle::load(bundle_path)?;
+    if start {
+        bundle.require_process()?;
+    }
+    let dir = StateDir::new(&cli.root, id)?;
+    dir.create()?;
+    let result = spawn_supervisor(cli, &bundle, &dir);
+    let pid = match result {
+        Ok(pid) => pid,
+        Err(e) => {
+            dir.remove()?;
+            return Err(e);
+        }
+    };
+    if let Some(path) = pid_file {
+        write_pid_file(path, pid)?;
+    }
+    if start {
+        control::request(&dir.control_socket(), &ControlRequest::Start, CONTROL_TIMEOUT)?;
+    }
+    Ok(())
+}
+
+fn spawn_supervisor(cli: &Cli, bundle: &Bundle, dir: &StateDir) -> Result<u32> {
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let mut cmd = Process::new(supervisor::self_exe()?);
+    cmd.arg("--root").arg(&cli.root);
+    if let Some(log) = &cli.log {
+        cmd.arg("--log").arg(log);
+    }
+    if cli.log_format == LogFormat::Json {
+        cmd.args(["--log-format", "json"]);
+    }
+    if cli.debug {
+        cmd.arg("--debug");
+    }
+    cmd.arg("--backend").arg(match cli.backend {
+        crate::hypervisor::BackendKind::Auto => "auto",
+        crate::hypervisor::BackendKind::Qemu => "qemu",
+        crate::hypervisor::BackendKind::HullVmm => "hull-vmm",
+    });
+    cmd.arg("supervise").arg("--bundle").arg(&bundle.dir).arg("--ready-fd").arg("3").arg(dir.id());
+    let ready_fd = ready_w.as_raw_fd();
+    // SAFETY: dup2 and setsid are async-signal-safe; ready_fd stays open in the parent until
+    // spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(ready_fd, 3) < 0 || libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("starting the container supervisor")?;
+    drop(ready_w);
+    let mut report = String::new();
+    File::from(ready_r).take(64 * 1024).read_to_string(&mut report)?;
+    if report == "ok\n" {
+        return Ok(child.id());
+    }
+    // The supervisor failed; it cleans up its sandbox before exiting. Reap it.
+    let mut child = child;
+    let _ = child.wait();
+    if report.is_empty() {
+        bail!("container supervisor exited before reporting (see {})", dir.dir.join("supervisor.log").display());
+    }
+    Err(anyhow!(report.trim_end().to_string()))
+}
+
+/// The detached supervisor: report creation on `ready_fd`, then serve until the container
+/// exits, and exit with its status.
+fn supervise(cli: &Cli, bundle: &Path, ready_fd: i32, id: &str, config: &SandboxConfig) -> i32 {
+    // SAFETY: `create` placed the write end of its pipe at this fd for us alone.
+    let mut ready = File::from(unsafe { OwnedFd::from_raw_fd(ready_fd) });
+    let dir = match StateDir::new(&cli.root, id) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = write!(ready, "{e:#}");
+            return 1;
+        }
+    };
+    let created = Supervisor::block_forwarded_signals()
+        .and_then(|signals| Supervisor::create(dir.clone(), &Bundle::load(bundle)?, config, signals));
+    match created {
+        Ok(sup) => {
+            let _ = ready.write_all(b"ok\n");
+            drop(ready);
+            sup.serve()
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            let _ = write!(ready, "{e:#}");
+            1
+        }
+    }
+}
+
+fn delete(cli: &Cli, id: &str, force: bool) -> Result<()> {
+    let dir = StateDir::new(&cli.root, id)?;
+    let _lock = dir.lock_existing()?;
+    let state = dir.read()?;
+    match supervisor::effective_status(&state) {
+        Status::Stopped => {}
+        Status::Created | Status::Creating => destroy(&dir, &state)?,
+        status if force => {
+            let _ = status;
+            destroy(&dir, &state)?
+        }
+        status => bail!("cannot delete container {id} that is {}; stop it first or use --force", status.as_str()),
+    }
+    dir.remove()
+}
+
+/// Tell the supervisor to stop the container and its VM, and wait for it to be gone.
+fn destroy(dir: &StateDir, state: &crate::state::State) -> Result<()> {
+    if let Err(e) = control::request(&dir.control_socket(), &ControlRequest::Destroy, CONTROL_TIMEOUT) {
+        tracing::warn!("asking the supervisor to stop: {e:#}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while supervisor::is_alive(state) {
+        if Instant::now() > deadline {
+            if let Some(pid) = state.pid {
+                // SAFETY: kill(2) with a pid we verified names a hull process.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn write_pid_file(path: &Path, pid: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, pid.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}

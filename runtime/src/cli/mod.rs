@@ -1,0 +1,117 @@
+//! The runc-compatible command line. Thin: parse, set up logging, call the library.
+
+mod commands;
+mod logging;
+mod signal;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::hypervisor::BackendKind;
+use crate::state::DEFAULT_ROOT;
+
+#[derive(Parser, Debug)]
+#[command(name = "hull", version, about = "Run OCI containers, each inside its own microVM")]
+pub struct Cli {
+    /// Directory for container state.
+    #[arg(long, global = true, default_value = DEFAULT_ROOT)]
+    pub root: PathBuf,
+    /// Write logs (and errors) to this file instead of stderr.
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log debug detail.
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Hypervisor backend: auto (hull-vmm on hardware KVM, QEMU otherwise), qemu or hull-vmm.
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_backend)]
+    pub backend: BackendKind,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create and start a container, and wait for it unless detached.
+    Run {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// Return once the container has started.
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        id: String,
+    },
+    /// Create a container (its VM boots; the process waits for `start`).
+    Create {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        id: String,
+    },
+    /// Start a created container's process.
+    Start { id: String },
+    /// Print a container's state as runtime-spec JSON.
+    State { id: String },
+    /// Send a signal (name or number, default SIGTERM) to a container's init.
+    Kill {
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a container and everything it left on the host.
+    Delete {
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// Write a default config.json into the bundle directory.
+    Spec {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+    },
+    /// Internal: the detached supervisor `create` starts.
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Inherited fd on which to report "ok" or the creation error.
+        #[arg(long)]
+        ready_fd: i32,
+        id: String,
+    },
+}
+
+/// Run the CLI; returns the process exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let log_to_file = logging::init(&cli);
+    match commands::dispatch(&cli) {
+        Ok(status) => status,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            tracing::error!("{msg}");
+            if log_to_file {
+                eprintln!("hull: error: {msg}");
+            }
+            1
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Hypervisor backends: the one thing that differs between running a sandbox on QEMU and on
+//! hull-vmm is how the VM process is started. Devices and their semantics are the same.
+
+mod qemu;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+pub use qemu::Qemu;
+
+use crate::process::ChildProc;
+
+/// Everything a backend needs to start one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub cmdline: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub console_log: PathBuf,
+    /// Where the VMM's own diagnostics go.
+    pub vmm_log: PathBuf,
+    /// vhost-user socket of the vsock backend.
+    pub vsock_vhost_socket: PathBuf,
+    /// vhost-user socket of virtiofsd, and the tag the guest mounts.
+    pub virtiofs_socket: PathBuf,
+    pub virtiofs_tag: String,
+}
+
+pub trait Hypervisor {
+    fn name(&self) -> &'static str;
+    /// Start the VM; it runs until the guest powers off or the process is killed.
+    fn launch(&self, vm: &VmConfig) -> Result<ChildProc>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Auto,
+    Qemu,
+    HullVmm,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "auto" => BackendKind::Auto,
+            "qemu" => BackendKind::Qemu,
+            "hull-vmm" => BackendKind::HullVmm,
+            other => bail!("unknown hypervisor backend {other:?} (expected auto, qemu or hull-vmm)"),
+        })
+    }
+}
+
+/// True where the CPU offers hardware virtualisation and /dev/kvm exists. A PVM host (KVM in
+/// software) has /dev/kvm but no vmx/svm flag.
+pub fn hardware_kvm() -> bool {
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has_flag = flags
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    has_flag && std::path::Path::new("/dev/kvm").exists()
+}
+
+/// Pick the backend: `HULL_BACKEND` overrides the caller's choice.
+pub fn select(kind: BackendKind, assets: &crate::assets::Assets) -> Result<Box<dyn Hypervisor>> {
+    let kind = match std::env::var("HULL_BACKEND") {
+        Ok(v) if !v.is_empty() => v.parse()?,
+        _ => kind,
+    };
+    match kind {
+        BackendKind::Qemu | BackendKind::Auto => {
+            let accel = if hardware_kvm() { qemu::Accel::Kvm } else { qemu::Accel::Tcg };
+            if accel == qemu::Accel::Tcg {
+                tracing::warn!("no hardware virtualisation (vmx/svm) on this host: QEMU runs the VM under TCG emulation, which is slow");
+            }
+            Ok(Box::new(Qemu { accel, binary: assets.qemu.clone() }))
+        }
+        BackendKind::HullVmm => bail!("the hull-vmm backend is not implemented yet; use --backend qemu"),
+    }
+}

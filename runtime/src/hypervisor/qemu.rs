@@ -1,0 +1,59 @@
+//! QEMU's `microvm` machine: no PCI, no ACPI, virtio-mmio devices announced on the kernel
+//! command line, guest RAM in a shared memfd so vhost-user daemons can map it.
+
+use std::process::{Command, Stdio};
+
+use anyhow::Result;
+
+use super::{Hypervisor, VmConfig};
+use crate::process::ChildProc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+pub struct Qemu {
+    pub accel: Accel,
+    pub binary: std::path::PathBuf,
+}
+
+impl Qemu {
+    pub fn command(&self, vm: &VmConfig) -> Result<Command> {
+        let mut cmd = Command::new(&self.binary);
+        let log = std::fs::File::create(&vm.vmm_log)?;
+        let mem = format!("{}M", vm.memory_mib);
+        cmd.args(["-M", "microvm,acpi=off,x-option-roms=off,memory-backend=mem"])
+            .args(["-accel", match self.accel { Accel::Kvm => "kvm", Accel::Tcg => "tcg" }])
+            .args(["-cpu", match self.accel { Accel::Kvm => "host", Accel::Tcg => "max" }])
+            .args(["-smp", &vm.vcpus.to_string(), "-m", &mem])
+            .args(["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on")])
+            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none"])
+            .args(["-chardev", &format!("file,id=console,path={}", vm.console_log.display())])
+            .args(["-serial", "chardev:console"])
+            .arg("-kernel")
+            .arg(&vm.kernel)
+            .arg("-initrd")
+            .arg(&vm.initramfs)
+            .args(["-append", &vm.cmdline])
+            .args(["-chardev", &format!("socket,id=vsock,path={}", vm.vsock_vhost_socket.display())])
+            .args(["-device", "vhost-user-vsock-device,chardev=vsock"])
+            .args(["-chardev", &format!("socket,id=fs,path={}", vm.virtiofs_socket.display())])
+            .args(["-device", &format!("vhost-user-fs-device,chardev=fs,tag={}", vm.virtiofs_tag)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        Ok(cmd)
+    }
+}
+
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn launch(&self, vm: &VmConfig) -> Result<ChildProc> {
+        ChildProc::spawn("qemu", &mut self.command(vm)?)
+    }
+}

@@ -1,0 +1,120 @@
+//! A sandbox is one VM with its helper daemons, booted until the agent answers.
+//!
+//! Boot order: the vsock backend and virtiofsd create their vhost-user sockets, the VMM
+//! connects to both, the guest kernel starts `hull-agent`, and the host connects to it over
+//! hybrid vsock. Every step watches the processes already started, so a daemon that dies
+//! fails the boot at once with its name; a failed boot stops whatever was started.
+
+mod virtiofsd;
+mod vsock_backend;
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::agent_client::{AgentClient, AgentNotice};
+use crate::assets::Assets;
+use crate::hypervisor::{self, BackendKind, VmConfig};
+use crate::process::ChildProc;
+use crate::state::StateDir;
+
+/// The virtio-fs tag the agent mounts.
+pub const SHARE_TAG: &str = "hull";
+/// Guest context id (any value ≥ 3 works: each VM has its own backend).
+const GUEST_CID: u32 = 3;
+/// How long the guest may take from VMM start to an answering agent (TCG is slow).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub backend: BackendKind,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig { backend: BackendKind::Auto, vcpus: 1, memory_mib: 512 }
+    }
+}
+
+/// A container's root filesystem to expose in the share at `share/<subdir>/rootfs`.
+pub struct SharedRootfs {
+    pub host_path: PathBuf,
+    pub subdir: String,
+}
+
+pub struct Sandbox {
+    pub agent: AgentClient,
+    pub notices: Receiver<AgentNotice>,
+    /// The VMM first: stopping it first lets the daemons see their frontend go.
+    procs: Vec<ChildProc>,
+    vsock_socket: PathBuf,
+}
+
+impl Sandbox {
+    pub fn boot(dir: &StateDir, assets: &Assets, config: &SandboxConfig, rootfs: &SharedRootfs) -> Result<Sandbox> {
+        let hypervisor = hypervisor::select(config.backend, assets)?;
+        let share = dir.share_dir();
+        let mountpoint = share.join(&rootfs.subdir).join("rootfs");
+        fs::create_dir_all(&mountpoint).with_context(|| format!("creating {}", mountpoint.display()))?;
+
+        let mut procs = Vec::new();
+        let mut vsock = vsock_backend::spawn(&assets.vsock_backend, dir, GUEST_CID)?;
+        crate::process::wait_for_path(&dir.vhost_vsock_socket(), &mut vsock, Duration::from_secs(10))?;
+        procs.push(vsock);
+        let mut fs_daemon = virtiofsd::spawn(&assets.virtiofsd, dir, &rootfs.host_path, &mountpoint)?;
+        crate::process::wait_for_path(&dir.virtiofsd_socket(), &mut fs_daemon, Duration::from_secs(10))?;
+        procs.push(fs_daemon);
+
+        let vm = VmConfig {
+            kernel: assets.kernel.clone(),
+            initramfs: assets.initramfs.clone(),
+            cmdline: "console=ttyS0 quiet panic=-1 reboot=t nomodule".into(),
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            console_log: dir.console_log(),
+            vmm_log: dir.dir.join("vmm.log"),
+            vsock_vhost_socket: dir.vhost_vsock_socket(),
+            virtiofs_socket: dir.virtiofsd_socket(),
+            virtiofs_tag: SHARE_TAG.into(),
+        };
+        let started = Instant::now();
+        procs.insert(0, hypervisor.launch(&vm)?);
+        tracing::info!(backend = hypervisor.name(), "VM started; waiting for the agent");
+
+        let vsock_socket = dir.vsock_socket();
+        let (agent, notices) = AgentClient::connect(&vsock_socket, started + BOOT_TIMEOUT, || {
+            procs.iter_mut().try_for_each(|p| p.check_alive())
+        })
+        .with_context(|| format!("booting the sandbox (guest console: {})", dir.console_log().display()))?;
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "agent ready");
+        Ok(Sandbox { agent, notices, procs, vsock_socket })
+    }
+
+    /// Pidfds of the VMM and daemons, each tagged with its name, for exit watching.
+    pub fn pidfds(&self) -> Result<Vec<(&'static str, OwnedFd)>> {
+        self.procs.iter().map(|p| Ok((p.name, p.pidfd()?))).collect()
+    }
+
+    /// Describe how any sandbox process ended, if one has.
+    pub fn check_alive(&mut self) -> Result<()> {
+        self.procs.iter_mut().try_for_each(|p| p.check_alive())
+    }
+
+    pub fn vsock_socket(&self) -> &Path {
+        &self.vsock_socket
+    }
+
+    /// Stop the VM and its daemons. Nothing persists in the guest, so the VMM is not asked to
+    /// shut down politely.
+    pub fn shutdown(&mut self) {
+        for proc in &mut self.procs {
+            proc.stop(Duration::from_millis(500));
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! OCI specs: the default one `hull spec` writes, and the rewrite for the guest.
+
+use serde_json::{json, Value};
+
+/// Guest path of the virtio-fs share (must match the agent).
+pub const GUEST_SHARE_DIR: &str = "/run/hull/share";
+
+/// Share-relative directory of a container's files (its rootfs sits below it).
+pub fn share_subdir(container_id: &str) -> String {
+    format!("containers/{container_id}")
+}
+
+/// Rewrite a bundle's config for the guest: the rootfs becomes the virtio-fs path, host-side
+/// hooks stay on the host, and the guest cgroup is ours to name.
+pub fn for_guest(raw: &Value, container_id: &str) -> Value {
+    let mut spec = raw.clone();
+    spec["root"]["path"] = json!(format!("{GUEST_SHARE_DIR}/{}/rootfs", share_subdir(container_id)));
+    if let Some(obj) = spec.as_object_mut() {
+        obj.remove("hooks");
+    }
+    if !spec["linux"].is_object() {
+        spec["linux"] = json!({});
+    }
+    spec["linux"]["cgroupsPath"] = json!(format!("/hull/{container_id}"));
+    spec
+}
+
+/// runc's default spec, with `terminal` off (hull attaches terminals only through
+/// `--console-socket`).
+pub fn default_spec() -> Value {
+    json!({
+        "ociVersion": "1.2.0",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "effective": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "hull",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+        ],
+        "linux": {
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "namespaces": [
+                {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}
+            ],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"
+            ],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_rewrite() {
+        let raw = json!({"ociVersion": "1.2.0", "root": {"path": "rootfs"}, "hooks": {"prestart": []}});
+        let g = for_guest(&raw, "web");
+        assert_eq!(g["root"]["path"], "/run/hull/share/containers/web/rootfs");
+        assert!(g.get("hooks").is_none());
+        assert_eq!(g["linux"]["cgroupsPath"], "/hull/web");
+    }
+
+    #[test]
+    fn default_spec_parses_as_oci() {
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(default_spec()).unwrap();
+        assert_eq!(spec.root().as_ref().unwrap().path().to_str(), Some("rootfs"));
+    }
+}

@@ -1,0 +1,216 @@
+//! The per-container state directory under `--root`.
+//!
+//! `<root>/<id>/` holds `state.json` (written atomically), `lock` (flock serialising CLI verbs on
+//! one id), the supervisor's control socket, the VM's sockets, `console.log` and `share/`, the
+//! directory virtio-fs exports.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_ROOT: &str = "/run/hull";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+/// What `state.json` holds: the runtime-spec state plus hull's own fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub oci_version: String,
+    pub id: String,
+    pub status: Status,
+    /// The supervisor's pid: it lives exactly as long as the container and exits with its
+    /// status, which is what podman/conmon need to wait on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    pub bundle: PathBuf,
+    #[serde(default)]
+    pub annotations: serde_json::Map<String, serde_json::Value>,
+    /// RFC 3339 creation time.
+    pub created: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+}
+
+/// Paths of one container's state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    pub dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: &Path, id: &str) -> Result<Self> {
+        hull_protocol::validate_id(id).map_err(|e| anyhow!("container id: {e}"))?;
+        Ok(StateDir { dir: root.join(id) })
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.join("state.json").exists()
+    }
+
+    /// Create the directory for a new container; fails when the id is taken.
+    pub fn create(&self) -> Result<()> {
+        if let Some(parent) = self.dir.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        match fs::create_dir(&self.dir) {
+            Ok(()) => {
+                File::create(self.dir.join("lock")).with_context(|| format!("creating {}", self.dir.display()))?;
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                bail!("container with id {:?} already exists", self.id())
+            }
+            Err(e) => Err(anyhow!("creating {}: {e}", self.dir.display())),
+        }
+    }
+
+    pub fn id(&self) -> String {
+        self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
+    }
+    pub fn vhost_vsock_socket(&self) -> PathBuf {
+        self.dir.join("vhost-vsock.sock")
+    }
+    pub fn virtiofsd_socket(&self) -> PathBuf {
+        self.dir.join("virtiofsd.sock")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    pub fn share_dir(&self) -> PathBuf {
+        self.dir.join("share")
+    }
+
+    pub fn read(&self) -> Result<State> {
+        let bytes = fs::read(self.state_file()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow!("container {:?} does not exist", self.id()),
+            _ => anyhow!("reading {}: {e}", self.state_file().display()),
+        })?;
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", self.state_file().display()))
+    }
+
+    /// Replace `state.json` atomically (temp file + rename), so readers never see half a file.
+    pub fn write(&self, state: &State) -> Result<()> {
+        let tmp = self.dir.join(".state.json.tmp");
+        let mut file = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        file.write_all(&serde_json::to_vec_pretty(state)?)?;
+        file.sync_all()?;
+        fs::rename(&tmp, self.state_file()).with_context(|| format!("renaming into {}", self.state_file().display()))
+    }
+
+    /// Take the lock of an existing container; released when the returned file drops.
+    pub fn lock_existing(&self) -> Result<File> {
+        let file = OpenOptions::new().write(true).open(self.dir.join("lock")).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow!("container {:?} does not exist", self.id()),
+            _ => anyhow!("container {:?}: {e}", self.id()),
+        })?;
+        // SAFETY: flock on an fd we own; it blocks until the lock is ours.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!("locking container {:?}: {}", self.id(), std::io::Error::last_os_error());
+        }
+        Ok(file)
+    }
+
+    pub fn remove(&self) -> Result<()> {
+        match fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(anyhow!("removing {}: {e}", self.dir.display())),
+        }
+    }
+}
+
+/// Current time as RFC 3339 (UTC), without pulling a date crate in.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_and_read_back() {
+        let root = std::env::temp_dir().join(format!("hull-state-test-{}", std::process::id()));
+        let dir = StateDir::new(&root, "c1").unwrap();
+        dir.create().unwrap();
+        assert!(dir.create().unwrap_err().to_string().contains("already exists"));
+        let state = State {
+            oci_version: "1.2.0".into(),
+            id: "c1".into(),
+            status: Status::Created,
+            pid: Some(42),
+            bundle: "/b".into(),
+            annotations: Default::default(),
+            created: now_rfc3339(),
+            exit_status: None,
+        };
+        dir.write(&state).unwrap();
+        let back = dir.read().unwrap();
+        assert_eq!(back.status, Status::Created);
+        assert_eq!(back.pid, Some(42));
+        let json: serde_json::Value = serde_json::from_slice(&fs::read(dir.state_file()).unwrap()).unwrap();
+        assert_eq!(json["ociVersion"], "1.2.0");
+        assert_eq!(json["status"], "created");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        assert!(StateDir::new(Path::new("/tmp"), "../etc").is_err());
+    }
+
+    #[test]
+    fn rfc3339_shape() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.starts_with("20"));
+    }
+}

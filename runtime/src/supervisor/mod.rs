@@ -1,0 +1,279 @@
+//! The sandbox supervisor: one process per container that owns its VM.
+//!
+//! It boots the sandbox, creates the container, relays stdio, serves the control socket for
+//! later CLI verbs, and returns the container's exit status (128+N for a signal) once its init
+//! ends, after tearing the VM down. `state.pid` names this process, so whoever waits on it
+//! (podman's conmon, a shell) sees the container's real exit code.
+//!
+//! Failures of any sandbox process (VMM, virtiofsd, vsock backend) or of the agent connection
+//! end the container with [`SANDBOX_FAILED`] instead of hanging.
+
+pub mod control;
+mod stdio;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use hull_protocol::{Event, Reply, RequestBody};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::agent_client::AgentNotice;
+use crate::assets::Assets;
+use crate::bundle::Bundle;
+use crate::sandbox::{Sandbox, SandboxConfig, SharedRootfs};
+use crate::spec;
+use crate::state::{now_rfc3339, State, StateDir, Status};
+use control::{ControlReply, ControlRequest, Incoming};
+
+/// Exit status reported when the sandbox itself failed (VM or a daemon died, agent lost).
+pub const SANDBOX_FAILED: i32 = 255;
+
+/// Signals a supervisor forwards to the container instead of dying of them (runc's `run`
+/// forwards them too).
+const FORWARDED: [Signal; 6] =
+    [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2];
+
+enum Msg {
+    Agent(AgentNotice),
+    ProcessEnded(&'static str),
+    Control(Incoming),
+    Signal(i32),
+}
+
+pub struct Supervisor {
+    dir: StateDir,
+    state: State,
+    sandbox: Sandbox,
+    relays: Option<stdio::Relays>,
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+}
+
+impl Supervisor {
+    /// Block the forwarded signals in the calling thread; threads spawned afterwards inherit
+    /// the mask, so only the forwarding thread ever receives them. Call before anything
+    /// spawns a thread.
+    pub fn block_forwarded_signals() -> Result<SigSet> {
+        let mut set = SigSet::empty();
+        FORWARDED.iter().for_each(|s| set.add(*s));
+        set.thread_block()?;
+        Ok(set)
+    }
+
+    /// Boot the sandbox and create the container in it (status `created`). The state dir
+    /// must exist; on error everything this started is stopped again and the caller removes
+    /// the state dir.
+    pub fn create(dir: StateDir, bundle: &Bundle, config: &SandboxConfig, signals: SigSet) -> Result<Supervisor> {
+        let id = dir.id();
+        let assets = Assets::locate()?;
+        let mut state = State {
+            oci_version: bundle.spec.version().clone(),
+            id: id.clone(),
+            status: Status::Creating,
+            pid: Some(std::process::id() as i32),
+            bundle: bundle.dir.clone(),
+            annotations: bundle.raw["annotations"].as_object().cloned().unwrap_or_default(),
+            created: now_rfc3339(),
+            exit_status: None,
+        };
+        dir.write(&state)?;
+
+        let rootfs = SharedRootfs { host_path: bundle.rootfs.clone(), subdir: spec::share_subdir(&id) };
+        let sandbox = Sandbox::boot(&dir, &assets, config, &rootfs)?;
+        let guest_spec = spec::for_guest(&bundle.raw, &id);
+        match sandbox.agent.call(RequestBody::CreateContainer { container_id: id.clone(), spec: guest_spec }) {
+            Ok(Reply::Created { pid }) => tracing::info!(guest_pid = pid, "container created"),
+            Ok(other) => bail!("agent answered create with {other:?}"),
+            Err(e) => return Err(e.context("creating the container in the guest")),
+        }
+        // On any error, dropping the sandbox stops the VM and its daemons.
+        let relays = stdio::attach(sandbox.vsock_socket(), &id)?;
+
+        let (tx, rx) = mpsc::channel();
+        let mut sup = Supervisor { dir, state, sandbox, relays: Some(relays), tx, rx };
+        sup.spawn_watchers(signals)?;
+        state = sup.state.clone();
+        state.status = Status::Created;
+        sup.set_state(state)?;
+        Ok(sup)
+    }
+
+    fn spawn_watchers(&mut self, signals: SigSet) -> Result<()> {
+        // Agent events and loss.
+        let notices = std::mem::replace(&mut self.sandbox.notices, mpsc::channel().1);
+        let tx = self.tx.clone();
+        std::thread::Builder::new().name("agent-events".into()).spawn(move || {
+            for notice in notices {
+                if tx.send(Msg::Agent(notice)).is_err() {
+                    return;
+                }
+            }
+        })?;
+
+        // Any sandbox process ending.
+        let pidfds = self.sandbox.pidfds()?;
+        let tx = self.tx.clone();
+        std::thread::Builder::new().name("proc-watch".into()).spawn(move || watch_processes(pidfds, tx))?;
+
+        // Signals to forward.
+        let tx = self.tx.clone();
+        std::thread::Builder::new().name("signals".into()).spawn(move || loop {
+            match signals.wait() {
+                Ok(sig) => {
+                    if tx.send(Msg::Signal(sig as i32)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        })?;
+
+        // Later CLI verbs.
+        let (ctl_tx, ctl_rx) = mpsc::channel::<Incoming>();
+        control::serve(&self.dir.control_socket(), ctl_tx)?;
+        let tx = self.tx.clone();
+        std::thread::Builder::new().name("control-fwd".into()).spawn(move || {
+            for req in ctl_rx {
+                if tx.send(Msg::Control(req)).is_err() {
+                    return;
+                }
+            }
+        })?;
+        Ok(())
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    fn set_state(&mut self, state: State) -> Result<()> {
+        self.dir.write(&state)?;
+        self.state = state;
+        Ok(())
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        match self.state.status {
+            Status::Created => {}
+            other => bail!("cannot start a container in state {}", other.as_str()),
+        }
+        self.sandbox.agent.call(RequestBody::StartContainer { container_id: self.state.id.clone() })?;
+        let mut state = self.state.clone();
+        state.status = Status::Running;
+        self.set_state(state)
+    }
+
+    /// Serve until the container's init ends; returns its exit status. The VM is gone and
+    /// `state.json` says `stopped` when this returns.
+    pub fn serve(mut self) -> i32 {
+        let status = loop {
+            let Ok(msg) = self.rx.recv() else { break self.fail("supervisor lost its event sources") };
+            match msg {
+                Msg::Agent(AgentNotice::Event(Event::ProcessExited { container_id, status }))
+                    if container_id == self.state.id =>
+                {
+                    tracing::info!(status, "container exited");
+                    if let Some(relays) = self.relays.take() {
+                        relays.finish(Duration::from_secs(5));
+                    }
+                    break status;
+                }
+                Msg::Agent(AgentNotice::Event(other)) => tracing::debug!(?other, "ignoring event"),
+                Msg::Agent(AgentNotice::Lost(reason)) => break self.fail(&format!("lost the guest agent: {reason}")),
+                Msg::ProcessEnded(name) => {
+                    let how = self.sandbox.check_alive().err().map(|e| e.to_string()).unwrap_or_else(|| format!("{name} exited"));
+                    break self.fail(&format!("sandbox process failed: {how}"));
+                }
+                Msg::Signal(sig) => {
+                    if let Err(e) = self.signal(sig, false) {
+                        tracing::warn!("forwarding signal {sig}: {e:#}");
+                    }
+                }
+                Msg::Control((req, reply)) => {
+                    let (result, stop) = self.control(req);
+                    let _ = reply.send(ControlReply::from_result(result));
+                    if let Some(status) = stop {
+                        break status;
+                    }
+                }
+            }
+        };
+        self.finish(status)
+    }
+
+    fn control(&mut self, req: ControlRequest) -> (Result<()>, Option<i32>) {
+        match req {
+            ControlRequest::Start => (self.start(), None),
+            ControlRequest::Kill { signal, all } => (self.signal(signal, all), None),
+            ControlRequest::Destroy => (Ok(()), Some(128 + libc::SIGKILL)),
+        }
+    }
+
+    fn signal(&self, signal: i32, all: bool) -> Result<()> {
+        self.sandbox
+            .agent
+            .call(RequestBody::SignalProcess { container_id: self.state.id.clone(), signal, all })
+            .map(|_| ())
+    }
+
+    fn fail(&self, why: &str) -> i32 {
+        tracing::error!("{why} (guest console: {})", self.dir.console_log().display());
+        eprintln!("hull: error: container {}: {why}", self.state.id);
+        SANDBOX_FAILED
+    }
+
+    fn finish(mut self, status: i32) -> i32 {
+        self.sandbox.shutdown();
+        let mut state = self.state.clone();
+        state.status = Status::Stopped;
+        state.exit_status = Some(status);
+        if let Err(e) = self.set_state(state) {
+            tracing::warn!("recording the exit: {e:#}");
+        }
+        let _ = std::fs::remove_file(self.dir.control_socket());
+        status
+    }
+}
+
+fn watch_processes(pidfds: Vec<(&'static str, OwnedFd)>, tx: Sender<Msg>) {
+    let mut fds: Vec<PollFd> = pidfds.iter().map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)).collect();
+    loop {
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {
+                if let Some(i) = fds.iter().position(|f| f.revents().is_some_and(|r| !r.is_empty())) {
+                    let _ = tx.send(Msg::ProcessEnded(pidfds[i].0));
+                    return;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Is the supervisor recorded in `state` still running? (A supervisor that died abruptly
+/// leaves a state that says `running`; the container is then stopped.)
+pub fn is_alive(state: &State) -> bool {
+    let Some(pid) = state.pid else { return false };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    comm.trim() == "hull"
+}
+
+/// The container's status as the CLI reports it.
+pub fn effective_status(state: &State) -> Status {
+    match state.status {
+        Status::Stopped => Status::Stopped,
+        _ if !is_alive(state) => Status::Stopped,
+        s => s,
+    }
+}
+
+/// Path of the `hull` binary for re-executing as a supervisor.
+pub fn self_exe() -> Result<PathBuf> {
+    std::env::current_exe().context("locating the hull binary")
+}
+
