@@ -29,6 +29,11 @@ impl Bundle {
         let file = File::open(&config).map_err(|e| anyhow!("{}: {e}", config.display()))?;
         let raw: serde_json::Value = serde_json::from_reader(BufReader::new(file))
             .map_err(|e| anyhow!("{}: not valid JSON: {e}", config.display()))?;
+        match raw.get("ociVersion").and_then(|v| v.as_str()) {
+            Some(v) if v.starts_with("1.") => {}
+            Some(v) => bail!("{}: field `ociVersion`: version {v:?} is not supported (1.x is)", config.display()),
+            None => bail!("{}: field `ociVersion` is missing or not a string", config.display()),
+        }
         let spec: Spec = serde_path_to_error::deserialize(&raw).map_err(|e| {
             let field = e.path().to_string();
             anyhow!("{}: field `{}`: {}", config.display(), field, e.inner())

@@ -1,0 +1,195 @@
+//! Harness for hull's end-to-end tests: busybox bundles, a private `--root` per test, the real
+//! `hull` binary, and checks that nothing was left on the host.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `hull` binary under test: `HULL_BIN`, or this workspace's release build.
+pub fn hull_bin() -> PathBuf {
+    std::env::var_os("HULL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/hull"))
+}
+
+/// A scratch area for one test: its own state root and bundles, removed on drop.
+pub struct Env {
+    pub dir: PathBuf,
+    pub root: PathBuf,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Env {
+    pub fn new(name: &str) -> Env {
+        let dir = std::env::temp_dir().join(format!(
+            "hull-e2e-{name}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let root = dir.join("state");
+        Env { dir, root }
+    }
+
+    /// A `hull` command with this test's `--root`.
+    pub fn hull(&self) -> Command {
+        let mut cmd = Command::new(hull_bin());
+        cmd.arg("--root").arg(&self.root);
+        cmd
+    }
+
+    /// Run `hull ARGS` with `stdin` piped in; returns its output.
+    pub fn hull_with_input(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = self
+            .hull()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning hull");
+        let mut pipe = child.stdin.take().unwrap();
+        let input = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    }
+
+    /// Run `hull ARGS` with stdout/stderr in files rather than pipes, for verbs that leave a
+    /// detached supervisor holding them (`create`, `run -d`), as runc's do.
+    pub fn hull_detached(&self, args: &[&str]) -> Output {
+        let out_path = self.dir.join(format!("out-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let err_path = out_path.with_extension("err");
+        let status = self
+            .hull()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out_path).unwrap())
+            .stderr(fs::File::create(&err_path).unwrap())
+            .status()
+            .expect("spawning hull");
+        Output { status, stdout: fs::read(&out_path).unwrap(), stderr: fs::read(&err_path).unwrap() }
+    }
+
+    pub fn hull_out(&self, args: &[&str]) -> Output {
+        self.hull().args(args).stdin(Stdio::null()).output().expect("spawning hull")
+    }
+
+    /// Make a busybox bundle named `name` whose process runs `args`.
+    pub fn bundle(&self, name: &str, args: &[&str]) -> Bundle {
+        let dir = self.dir.join(name);
+        let rootfs = dir.join("rootfs");
+        fs::create_dir_all(rootfs.join("bin")).unwrap();
+        for d in ["proc", "sys", "dev", "tmp", "etc"] {
+            fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        fs::copy(busybox(), rootfs.join("bin/busybox")).unwrap();
+        let list = Command::new(busybox()).arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            let link = rootfs.join("bin").join(applet);
+            if applet != "busybox" && !link.exists() {
+                symlink("busybox", link).unwrap();
+            }
+        }
+        let out = Command::new(hull_bin()).args(["spec", "--bundle"]).arg(&dir).output().unwrap();
+        assert!(out.status.success(), "hull spec: {}", String::from_utf8_lossy(&out.stderr));
+        let bundle = Bundle { dir };
+        bundle.edit(|c| c["process"]["args"] = serde_json::json!(args));
+        bundle
+    }
+
+    /// Everything this test's root left behind: processes naming it, mounts under it, state.
+    pub fn leftovers(&self) -> Vec<String> {
+        let needle = self.root.to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            if pid == std::process::id() {
+                continue;
+            }
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&needle) {
+                found.push(format!("process {pid}: {cmdline}"));
+            }
+        }
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        found.extend(mounts.lines().filter(|l| l.contains(&needle)).map(|l| format!("mount: {l}")));
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            found.extend(entries.flatten().map(|e| format!("state: {}", e.path().display())));
+        }
+        found
+    }
+
+    /// Wait (briefly) for the leftovers to vanish; processes take a moment to be reaped.
+    pub fn assert_clean(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("left behind:\n{}", left.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Pid of the sandbox process of `kind` ("qemu", "virtiofsd") serving this test's root.
+    pub fn find_process(&self, kind: &str) -> Option<u32> {
+        let needle = self.root.to_string_lossy().into_owned();
+        fs::read_dir("/proc").unwrap().flatten().find_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cmdline = String::from_utf8_lossy(&fs::read(entry.path().join("cmdline")).ok()?).replace('\0', " ");
+            let exe = cmdline.split(' ').next()?.to_string();
+            (cmdline.contains(&needle) && exe.contains(kind)).then_some(pid)
+        })
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Bundle {
+    pub dir: PathBuf,
+}
+
+impl Bundle {
+    pub fn path(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    pub fn edit(&self, f: impl FnOnce(&mut Value)) {
+        let path = self.dir.join("config.json");
+        let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        f(&mut config);
+        fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    }
+}
+
+fn busybox() -> &'static str {
+    ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).expect("busybox-static is installed")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

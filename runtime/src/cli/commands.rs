@@ -180,6 +180,8 @@ fn spawn_supervisor(cli: &Cli, bundle: &Bundle, dir: &StateDir) -> Result<u32> {
 fn supervise(cli: &Cli, bundle: &Path, ready_fd: i32, id: &str, config: &SandboxConfig) -> i32 {
     // SAFETY: `create` placed the write end of its pipe at this fd for us alone.
     let mut ready = File::from(unsafe { OwnedFd::from_raw_fd(ready_fd) });
+    // The VM and daemons we start must not inherit it, or `create` would never see EOF.
+    let _ = nix::fcntl::fcntl(&ready, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     let dir = match StateDir::new(&cli.root, id) {
         Ok(d) => d,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! runc-style logging: `--log FILE` and `--log-format text|json`, through `tracing`.
 
 use std::fs::OpenOptions;
+use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
@@ -24,7 +25,9 @@ pub fn init(cli: &Cli) -> bool {
         (Some(f), LogFormat::Json) => builder.json().with_writer(Mutex::new(f)).try_init(),
         (Some(f), LogFormat::Text) => builder.with_ansi(false).with_writer(Mutex::new(f)).try_init(),
         (None, LogFormat::Json) => builder.json().with_writer(std::io::stderr).try_init(),
-        (None, LogFormat::Text) => builder.with_writer(std::io::stderr).try_init(),
+        (None, LogFormat::Text) => {
+            builder.with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).try_init()
+        }
     };
     let _ = result;
     to_file

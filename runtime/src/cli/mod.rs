@@ -107,8 +107,11 @@ pub fn main() -> i32 {
         Ok(status) => status,
         Err(e) => {
             let msg = format!("{e:#}");
-            tracing::error!("{msg}");
-            if log_to_file {
+            // JSON logs on stderr carry the error themselves; otherwise say it plainly there.
+            if log_to_file || cli.log_format == LogFormat::Json {
+                tracing::error!("{msg}");
+            }
+            if log_to_file || cli.log_format == LogFormat::Text {
                 eprintln!("hull: error: {msg}");
             }
             1

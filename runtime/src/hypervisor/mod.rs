@@ -75,10 +75,22 @@ pub fn select(kind: BackendKind, assets: &crate::assets::Assets) -> Result<Box<d
         BackendKind::Qemu | BackendKind::Auto => {
             let accel = if hardware_kvm() { qemu::Accel::Kvm } else { qemu::Accel::Tcg };
             if accel == qemu::Accel::Tcg {
-                tracing::warn!("no hardware virtualisation (vmx/svm) on this host: QEMU runs the VM under TCG emulation, which is slow");
+                warn_tcg_once();
             }
             Ok(Box::new(Qemu { accel, binary: assets.qemu.clone() }))
         }
         BackendKind::HullVmm => bail!("the hull-vmm backend is not implemented yet; use --backend qemu"),
     }
+}
+
+/// Say once per host boot (not on every container's stderr) that VMs run emulated.
+fn warn_tcg_once() {
+    let marker = std::path::Path::new("/run/hull-tcg-notice");
+    if std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok() {
+        eprintln!(
+            "hull: no hardware virtualisation (vmx/svm) on this host: VMs run under QEMU's TCG emulation, \
+             which is much slower than KVM (this notice is shown once per boot)"
+        );
+    }
+    tracing::info!("hypervisor: QEMU with TCG (no hardware KVM)");
 }

@@ -1,0 +1,153 @@
+//! Bad input and crashing parts: a clear error, a non-zero exit, nothing left behind, no hang.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use hull_tests::{text, Env};
+
+/// Run `hull run` on a bundle path and expect an error mentioning `needle`.
+fn expect_error(env: &Env, args: &[&str], needle: &str) {
+    let out = env.hull_out(args);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded; stderr: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: error {stderr:?} does not mention {needle:?}");
+    env.assert_clean();
+}
+
+#[test]
+fn missing_bundle() {
+    let env = Env::new("nobundle");
+    let missing = env.dir.join("does-not-exist");
+    expect_error(&env, &["run", "--bundle", missing.to_str().unwrap(), "c1"], "does-not-exist");
+}
+
+#[test]
+fn missing_config_json() {
+    let env = Env::new("noconfig");
+    let b = env.bundle("b", &["true"]);
+    std::fs::remove_file(b.dir.join("config.json")).unwrap();
+    expect_error(&env, &["run", "--bundle", b.path(), "c1"], "config.json");
+}
+
+#[test]
+fn config_that_is_not_json() {
+    let env = Env::new("badjson");
+    let b = env.bundle("b", &["true"]);
+    std::fs::write(b.dir.join("config.json"), "{ not json").unwrap();
+    expect_error(&env, &["run", "--bundle", b.path(), "c1"], "not valid JSON");
+}
+
+#[test]
+fn config_with_a_wrongly_typed_field_names_the_field() {
+    let env = Env::new("badfield");
+    let b = env.bundle("b", &["true"]);
+    b.edit(|c| c["process"]["user"]["uid"] = "root".into());
+    expect_error(&env, &["run", "--bundle", b.path(), "c1"], "process.user.uid");
+}
+
+#[test]
+fn config_without_oci_version_names_the_field() {
+    let env = Env::new("noversion");
+    let b = env.bundle("b", &["true"]);
+    b.edit(|c| {
+        c.as_object_mut().unwrap().remove("ociVersion");
+    });
+    expect_error(&env, &["run", "--bundle", b.path(), "c1"], "ociVersion");
+}
+
+#[test]
+fn missing_rootfs() {
+    let env = Env::new("norootfs");
+    let b = env.bundle("b", &["true"]);
+    std::fs::remove_dir_all(b.rootfs()).unwrap();
+    expect_error(&env, &["run", "--bundle", b.path(), "c1"], "root.path");
+}
+
+#[test]
+fn host_network_is_refused() {
+    let env = Env::new("hostnet");
+    let b = env.bundle("b", &["true"]);
+    b.edit(|c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "network");
+    });
+    expect_error(&env, &["run", "--bundle", b.path(), "c1"], "network namespace");
+}
+
+#[test]
+fn invalid_id() {
+    let env = Env::new("badid");
+    let b = env.bundle("b", &["true"]);
+    expect_error(&env, &["run", "--bundle", b.path(), "../escape"], "invalid character");
+}
+
+#[test]
+fn unknown_id() {
+    let env = Env::new("unknownid");
+    for verb in ["state", "start", "kill", "delete"] {
+        expect_error(&env, &[verb, "nope"], "does not exist");
+    }
+}
+
+#[test]
+fn duplicate_id_is_refused_and_the_first_container_survives() {
+    let env = Env::new("dupid");
+    let b = env.bundle("b", &["sleep", "300"]);
+    let out = env.hull_detached(&["create", "--bundle", b.path(), "c1"]);
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("already exists"), "{}", text(&out.stderr));
+    let state = env.hull_out(&["state", "c1"]);
+    assert!(text(&state.stdout).contains("\"created\""), "{}", text(&state.stdout));
+    let out = env.hull_out(&["delete", "c1"]);
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    env.assert_clean();
+}
+
+/// Kill one sandbox process of a running `hull run` and expect a prompt, reported failure.
+fn crash_mid_run(name: &str, victim: &str) {
+    let env = Env::new(name);
+    let b = env.bundle("b", &["sh", "-c", "echo up; sleep 300"]);
+    let mut child = env
+        .hull()
+        .args(["run", "--bundle", b.path(), "c1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the container runs (its first line arrives).
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 3];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("container output");
+    assert_eq!(&first, b"up\n");
+
+    let pid = env.find_process(victim).unwrap_or_else(|| panic!("no {victim} process found"));
+    // SAFETY: plain kill(2) of a process this test's sandbox started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "hull run still running 15 s after {victim} was killed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "hull run exited 0 after {victim} died");
+    assert!(stderr.contains(victim), "error does not name {victim}: {stderr:?}");
+    env.assert_clean();
+}
+
+#[test]
+fn killing_qemu_ends_the_run_with_an_error() {
+    crash_mid_run("killqemu", "qemu");
+}
+
+#[test]
+fn killing_virtiofsd_ends_the_run_with_an_error() {
+    crash_mid_run("killvirtiofsd", "virtiofsd");
+}

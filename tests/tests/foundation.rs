@@ -1,0 +1,136 @@
+//! A container runs inside a microVM, end to end: real guest kernel, agent, virtio-fs
+//! (virtiofsd), vsock (vhost-device-vsock) and the QEMU backend.
+
+use std::time::{Duration, Instant};
+
+use hull_tests::{text, Env};
+
+#[test]
+fn echo_prints_hello_and_exits_zero() {
+    let env = Env::new("echo");
+    let b = env.bundle("b", &["echo", "hello"]);
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    assert_eq!(text(&out.stdout), "hello\n", "stderr: {}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+    env.assert_clean();
+}
+
+#[test]
+fn stderr_is_separate_and_exit_status_propagates() {
+    let env = Env::new("stderr");
+    let b = env.bundle("b", &["sh", "-c", "echo err >&2; exit 7"]);
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(text(&out.stderr), "err\n");
+    assert_eq!(out.status.code(), Some(7));
+    env.assert_clean();
+}
+
+#[test]
+fn piped_stdin_reaches_cat() {
+    let env = Env::new("stdin");
+    let b = env.bundle("b", &["cat"]);
+    let input = b"line one\nline two\n";
+    let out = env.hull_with_input(&["run", "--bundle", b.path(), "c1"], input);
+    assert_eq!(out.stdout, input, "stderr: {}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+    env.assert_clean();
+}
+
+#[test]
+fn eight_mib_of_stdout_arrive_intact() {
+    let env = Env::new("bulk");
+    // Deterministic, non-repeating-per-page content: numbered lines.
+    let b = env.bundle("b", &["sh", "-c", "seq 1 1200000 | head -c 8388608"]);
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let expected: Vec<u8> = (1..=1_200_000).flat_map(|n: u32| format!("{n}\n").into_bytes()).take(8 << 20).collect();
+    assert_eq!(out.stdout.len(), 8 << 20);
+    assert!(out.stdout == expected, "stdout differs from the expected 8 MiB");
+    env.assert_clean();
+}
+
+#[test]
+fn files_written_in_the_container_land_in_the_host_rootfs() {
+    let env = Env::new("write");
+    let b = env.bundle("b", &["sh", "-c", "echo from-the-guest > /tmp/out.txt"]);
+    b.edit(|c| c["root"]["readonly"] = false.into());
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(b.rootfs().join("tmp/out.txt")).unwrap(), "from-the-guest\n");
+    env.assert_clean();
+}
+
+#[test]
+fn container_sees_only_its_rootfs() {
+    let env = Env::new("isolation");
+    let b = env.bundle("b", &["sh", "-c", "ls -a /; test -e /marker-outside && echo LEAK; true"]);
+    // A file beside the rootfs, on the host: it must not be reachable from the container.
+    std::fs::write(b.dir.join("marker-outside"), "host").unwrap();
+    std::fs::write(b.rootfs().join("marker-inside"), "guest").unwrap();
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    let mut names: Vec<&str> = listing.lines().filter(|l| *l != "." && *l != "..").collect();
+    names.sort();
+    assert_eq!(names, ["bin", "dev", "etc", "marker-inside", "proc", "sys", "tmp"], "{listing}");
+    assert!(!listing.contains("LEAK"));
+    env.assert_clean();
+}
+
+#[test]
+fn lifecycle_create_start_state_kill_delete() {
+    let env = Env::new("lifecycle");
+    let b = env.bundle("b", &["sleep", "300"]);
+    let out = env.hull_detached(&["create", "--bundle", b.path(), "c1"]);
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+
+    let state = |env: &Env| -> serde_json::Value {
+        let out = env.hull_out(&["state", "c1"]);
+        assert!(out.status.success(), "state: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let s = state(&env);
+    assert_eq!(s["status"], "created");
+    assert_eq!(s["id"], "c1");
+    assert_eq!(s["bundle"], b.path());
+    let pid = s["pid"].as_i64().expect("pid while created");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+    let out = env.hull_out(&["start", "c1"]);
+    assert!(out.status.success(), "start: {}", text(&out.stderr));
+    assert_eq!(state(&env)["status"], "running");
+
+    // A running container cannot be deleted without --force, and stays running.
+    let out = env.hull_out(&["delete", "c1"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("running"), "{}", text(&out.stderr));
+    assert_eq!(state(&env)["status"], "running");
+
+    let out = env.hull_out(&["kill", "c1", "KILL"]);
+    assert!(out.status.success(), "kill: {}", text(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state(&env)["status"] != "stopped" {
+        assert!(Instant::now() < deadline, "container did not stop after SIGKILL");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(state(&env)["exitStatus"], 137);
+
+    let out = env.hull_out(&["delete", "c1"]);
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    let out = env.hull_out(&["state", "c1"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("does not exist"));
+    env.assert_clean();
+}
+
+#[test]
+fn delete_force_stops_a_running_container() {
+    let env = Env::new("force");
+    let b = env.bundle("b", &["sleep", "300"]);
+    let out = env.hull_detached(&["run", "-d", "--bundle", b.path(), "c1"]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let out = env.hull_out(&["delete", "--force", "c1"]);
+    assert!(out.status.success(), "delete --force: {}", text(&out.stderr));
+    env.assert_clean();
+}
