@@ -108,6 +108,10 @@ fn dispatch(registry: &Registry, body: RequestBody) -> Result<Reply> {
     Ok(match body {
         RequestBody::Handshake { .. } => unreachable!("handled by the caller"),
         RequestBody::Ping => Reply::Empty,
+        RequestBody::ConfigureNetwork { interfaces, routes } => {
+            crate::network::configure(&interfaces, &routes)?;
+            Reply::Empty
+        }
         RequestBody::CreateContainer { container_id, spec } => {
             Reply::Created { pid: registry.create(&container_id, spec)? }
         }

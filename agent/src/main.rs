@@ -14,6 +14,7 @@ mod control;
 mod create_helper;
 mod guest_init;
 mod log;
+mod network;
 mod reaper;
 mod stdio;
 mod vsock;

@@ -17,6 +17,8 @@ pub struct Bundle {
     pub rootfs: PathBuf,
     /// The raw config, kept so fields oci-spec does not model survive the trip to the guest.
     pub raw: serde_json::Value,
+    /// The network namespace to attach the VM to (`None`: a new, loopback-only one).
+    pub netns: Option<PathBuf>,
 }
 
 impl Bundle {
@@ -52,12 +54,12 @@ impl Bundle {
                 bail!("{}: field `process.args`: must name a program", config.display());
             }
         }
-        Self::check_network(&spec, &config)?;
-        Ok(Bundle { dir, spec, rootfs, raw })
+        let netns = Self::network_namespace(&spec, &config)?;
+        Ok(Bundle { dir, spec, rootfs, raw, netns })
     }
 
     /// A VM cannot join the host's network: refuse a config without a network namespace.
-    fn check_network(spec: &Spec, config: &Path) -> Result<()> {
+    fn network_namespace(spec: &Spec, config: &Path) -> Result<Option<PathBuf>> {
         let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default();
         match namespaces.iter().find(|ns| ns.typ() == LinuxNamespaceType::Network) {
             None => bail!(
@@ -65,10 +67,15 @@ impl Bundle {
                  cannot share; add {{\"type\": \"network\"}} (or a \"path\" to an existing one)",
                 config.display()
             ),
-            Some(ns) if ns.path().is_some() => {
-                bail!("{}: field `linux.namespaces`: joining a network namespace by path is not supported yet", config.display())
-            }
-            Some(_) => Ok(()),
+            Some(ns) => match ns.path() {
+                None => Ok(None),
+                Some(path) if path.exists() => Ok(Some(path.clone())),
+                Some(path) => bail!(
+                    "{}: field `linux.namespaces`: network namespace {} does not exist",
+                    config.display(),
+                    path.display()
+                ),
+            },
         }
     }
 

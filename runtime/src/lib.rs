@@ -14,6 +14,7 @@ pub mod assets;
 pub mod bundle;
 pub mod cli;
 pub mod hypervisor;
+pub mod network;
 pub mod process;
 pub mod sandbox;
 pub mod spec;

@@ -22,6 +22,11 @@ pub fn for_guest(raw: &Value, container_id: &str) -> Value {
         spec["linux"] = json!({});
     }
     spec["linux"]["cgroupsPath"] = json!(format!("/hull/{container_id}"));
+    // A named network namespace is mirrored by the guest's own (its NICs are the veths'
+    // twins), so the container joins the guest's namespace instead of making a new one.
+    if let Some(namespaces) = spec["linux"]["namespaces"].as_array_mut() {
+        namespaces.retain(|ns| !(ns["type"] == "network" && ns.get("path").is_some()));
+    }
     spec
 }
 
@@ -80,6 +85,14 @@ mod tests {
         assert_eq!(g["root"]["path"], "/run/hull/share/containers/web/rootfs");
         assert!(g.get("hooks").is_none());
         assert_eq!(g["linux"]["cgroupsPath"], "/hull/web");
+    }
+
+    #[test]
+    fn named_netns_is_replaced_by_the_guest_one_but_a_new_one_is_kept() {
+        let named = json!({"root": {"path": "r"}, "linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}, {"type": "pid"}]}});
+        assert_eq!(for_guest(&named, "c")["linux"]["namespaces"], json!([{"type": "pid"}]));
+        let fresh = json!({"root": {"path": "r"}, "linux": {"namespaces": [{"type": "network"}]}});
+        assert_eq!(for_guest(&fresh, "c")["linux"]["namespaces"], json!([{"type": "network"}]));
     }
 
     #[test]

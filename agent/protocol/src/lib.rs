@@ -13,6 +13,7 @@
 
 pub mod frame;
 pub mod messages;
+pub mod network;
 pub mod stream;
 
 pub use frame::{decode_body, encode, read_frame, write_frame, FrameError, MAX_FRAME};

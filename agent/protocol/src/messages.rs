@@ -20,6 +20,8 @@ pub enum RequestBody {
     /// First call on a connection; the agent refuses every other call before it.
     Handshake { version: u32 },
     Ping,
+    /// Configure the guest NICs and routes to mirror the container's network namespace.
+    ConfigureNetwork { interfaces: Vec<crate::network::Interface>, routes: Vec<crate::network::Route> },
     /// Create (but do not start) a container from an OCI spec already rewritten for guest
     /// paths: `spec.root.path` is absolute in the guest.
     CreateContainer { container_id: String, spec: serde_json::Value },

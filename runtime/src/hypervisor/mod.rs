@@ -27,6 +27,14 @@ pub struct VmConfig {
     /// vhost-user socket of virtiofsd, and the tag the guest mounts.
     pub virtiofs_socket: PathBuf,
     pub virtiofs_tag: String,
+    /// virtio-net devices, each backed by an open tap.
+    pub nics: Vec<Nic>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Nic {
+    pub tap_fd: std::os::fd::RawFd,
+    pub mac: String,
 }
 
 pub trait Hypervisor {

@@ -1,12 +1,16 @@
 //! QEMU's `microvm` machine: no PCI, no ACPI, virtio-mmio devices announced on the kernel
 //! command line, guest RAM in a shared memfd so vhost-user daemons can map it.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use anyhow::Result;
 
 use super::{Hypervisor, VmConfig};
 use crate::process::ChildProc;
+
+/// First fd number taps are placed at in the QEMU process (above anything std opens).
+const FIRST_TAP_FD: i32 = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -44,6 +48,28 @@ impl Qemu {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        // Taps are handed over as inherited fds at fixed numbers.
+        let mut fds = Vec::new();
+        for (i, nic) in vm.nics.iter().enumerate() {
+            let target = FIRST_TAP_FD + i as i32;
+            cmd.args(["-netdev", &format!("tap,id=net{i},fd={target}")])
+                .args(["-device", &format!("virtio-net-device,netdev=net{i},mac={}", nic.mac)]);
+            fds.push((nic.tap_fd, target));
+        }
+        if !fds.is_empty() {
+            // SAFETY: dup2 is async-signal-safe; the tap fds stay open in the parent (owned by
+            // the network attachment) until spawn returns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for (fd, target) in &fds {
+                        if libc::dup2(*fd, *target) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         Ok(cmd)
     }
 }

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 
 use crate::agent_client::{AgentClient, AgentNotice};
 use crate::assets::Assets;
-use crate::hypervisor::{self, BackendKind, VmConfig};
+use crate::hypervisor::{self, BackendKind, Nic, VmConfig};
 use crate::process::ChildProc;
 use crate::state::StateDir;
 
@@ -57,7 +57,13 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    pub fn boot(dir: &StateDir, assets: &Assets, config: &SandboxConfig, rootfs: &SharedRootfs) -> Result<Sandbox> {
+    pub fn boot(
+        dir: &StateDir,
+        assets: &Assets,
+        config: &SandboxConfig,
+        rootfs: &SharedRootfs,
+        nics: Vec<Nic>,
+    ) -> Result<Sandbox> {
         let hypervisor = hypervisor::select(config.backend, assets)?;
         let share = dir.share_dir();
         let mountpoint = share.join(&rootfs.subdir).join("rootfs");
@@ -82,6 +88,7 @@ impl Sandbox {
             vsock_vhost_socket: dir.vhost_vsock_socket(),
             virtiofs_socket: dir.virtiofsd_socket(),
             virtiofs_tag: SHARE_TAG.into(),
+            nics,
         };
         let started = Instant::now();
         procs.insert(0, hypervisor.launch(&vm)?);

@@ -11,7 +11,7 @@
 pub mod control;
 mod stdio;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
@@ -24,6 +24,8 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::agent_client::AgentNotice;
 use crate::assets::Assets;
 use crate::bundle::Bundle;
+use crate::hypervisor::Nic;
+use crate::network;
 use crate::sandbox::{Sandbox, SandboxConfig, SharedRootfs};
 use crate::spec;
 use crate::state::{now_rfc3339, State, StateDir, Status};
@@ -48,6 +50,8 @@ pub struct Supervisor {
     dir: StateDir,
     state: State,
     sandbox: Sandbox,
+    /// Dropped (taps closed, redirects removed) after the sandbox is shut down.
+    network: Option<network::Attachment>,
     relays: Option<stdio::Relays>,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
@@ -83,7 +87,15 @@ impl Supervisor {
         dir.write(&state)?;
 
         let rootfs = SharedRootfs { host_path: bundle.rootfs.clone(), subdir: spec::share_subdir(&id) };
-        let sandbox = Sandbox::boot(&dir, &assets, config, &rootfs)?;
+        let network = bundle.netns.as_deref().map(network::attach).transpose()?;
+        let nics = network.iter().flat_map(|n| &n.taps).map(|t| Nic { tap_fd: t.fd.as_raw_fd(), mac: t.mac.clone() }).collect();
+        let sandbox = Sandbox::boot(&dir, &assets, config, &rootfs, nics)?;
+        if let Some(net) = &network {
+            sandbox
+                .agent
+                .call(RequestBody::ConfigureNetwork { interfaces: net.interfaces.clone(), routes: net.routes.clone() })
+                .context("configuring the guest network")?;
+        }
         let guest_spec = spec::for_guest(&bundle.raw, &id);
         match sandbox.agent.call(RequestBody::CreateContainer { container_id: id.clone(), spec: guest_spec }) {
             Ok(Reply::Created { pid }) => tracing::info!(guest_pid = pid, "container created"),
@@ -94,7 +106,7 @@ impl Supervisor {
         let relays = stdio::attach(sandbox.vsock_socket(), &id)?;
 
         let (tx, rx) = mpsc::channel();
-        let mut sup = Supervisor { dir, state, sandbox, relays: Some(relays), tx, rx };
+        let mut sup = Supervisor { dir, state, sandbox, network, relays: Some(relays), tx, rx };
         sup.spawn_watchers(signals)?;
         state = sup.state.clone();
         state.status = Status::Created;
@@ -228,6 +240,9 @@ impl Supervisor {
 
     fn finish(mut self, status: i32) -> i32 {
         self.sandbox.shutdown();
+        if let Some(mut net) = self.network.take() {
+            net.detach();
+        }
         let mut state = self.state.clone();
         state.status = Status::Stopped;
         state.exit_status = Some(status);

@@ -1,0 +1,271 @@
+//! Attaching a VM to a container network namespace (Kata's "tcfilter" model).
+//!
+//! For each veth in the namespace the supervisor creates a tap beside it and redirects all
+//! traffic both ways with an ingress qdisc and a `u32 match all → mirred egress redirect`
+//! filter on each side. The guest NIC carries the veth's MAC and the agent gives it the veth's
+//! addresses, MTU and routes, so for the outside world the VM *is* the veth's endpoint.
+//!
+//! The taps are not persistent: they vanish when the VMM and the supervisor close their fds.
+//! The qdisc on each veth is removed explicitly on [`Attachment::detach`].
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::TryStreamExt;
+use hull_protocol::network::{format_mac, Interface, IpNet, Route};
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkLayerType};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteProtocol, RouteType};
+use netlink_packet_route::tc::TcHandle;
+use nix::sched::CloneFlags;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+/// A tap the VMM attaches a virtio-net device to.
+pub struct Tap {
+    pub fd: OwnedFd,
+    /// The veth's MAC, which the guest NIC must carry.
+    pub mac: String,
+}
+
+pub struct Attachment {
+    netns_path: PathBuf,
+    netns: File,
+    pub taps: Vec<Tap>,
+    veth_indexes: Vec<u32>,
+    pub interfaces: Vec<Interface>,
+    pub routes: Vec<Route>,
+    detached: bool,
+}
+
+/// Enter the network namespace at `path`, pair every veth with a tap, and collect what the
+/// guest must mirror. On error nothing is left in the namespace.
+pub fn attach(path: &Path) -> Result<Attachment> {
+    let netns = File::open(path).map_err(|e| anyhow!("network namespace {}: {e}", path.display()))?;
+    let found = in_netns(&netns, |handle| async move {
+        let veths = list_veths(&handle).await?;
+        if veths.is_empty() {
+            bail!("network namespace {} has no interface besides loopback", path.display());
+        }
+        let mut taps = Vec::new();
+        let mut interfaces = Vec::new();
+        let mut indexes = Vec::new();
+        for (n, veth) in veths.iter().enumerate() {
+            match pair_with_tap(&handle, veth, n).await {
+                Ok(tap) => {
+                    indexes.push(veth.index);
+                    taps.push(Tap { fd: tap, mac: veth.iface.mac.clone() });
+                    interfaces.push(veth.iface.clone());
+                }
+                Err(e) => {
+                    for index in indexes {
+                        let _ = remove_ingress(&handle, index).await;
+                    }
+                    let _ = remove_ingress(&handle, veth.index).await;
+                    return Err(e.context(format!("attaching {}", veth.iface.name)));
+                }
+            }
+        }
+        let routes = list_routes(&handle, &veths).await?;
+        Ok((taps, indexes, interfaces, routes))
+    })?;
+    let (taps, veth_indexes, interfaces, routes) = found;
+    Ok(Attachment { netns_path: path.to_path_buf(), netns, taps, veth_indexes, interfaces, routes, detached: false })
+}
+
+impl Attachment {
+    /// Remove the redirect from every veth (the taps go with their last fd).
+    pub fn detach(&mut self) {
+        if self.detached {
+            return;
+        }
+        self.detached = true;
+        self.taps.clear();
+        let indexes = self.veth_indexes.clone();
+        let result = in_netns(&self.netns, |handle| async move {
+            for index in indexes {
+                remove_ingress(&handle, index).await?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::warn!("detaching from {}: {e:#}", self.netns_path.display());
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// Run `f` with an rtnetlink handle inside the namespace `netns`, on a thread of its own so
+/// the rest of the process stays in the host namespace.
+fn in_netns<T, F, Fut>(netns: &File, f: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce(Handle) -> Fut + Send,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).context("entering the network namespace")?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+            rt.block_on(async {
+                let (connection, handle, _) = rtnetlink::new_connection()?;
+                tokio::spawn(connection);
+                f(handle).await
+            })
+        })
+        .join()
+        .map_err(|_| anyhow!("network namespace worker panicked"))?
+    })
+}
+
+struct Veth {
+    index: u32,
+    iface: Interface,
+}
+
+async fn list_veths(handle: &Handle) -> Result<Vec<Veth>> {
+    let mut links = handle.link().get().execute();
+    let mut veths = Vec::new();
+    while let Some(link) = links.try_next().await? {
+        if link.header.link_layer_type != LinkLayerType::Ether {
+            continue;
+        }
+        let mut name = None;
+        let mut mac = None;
+        let mut mtu = 1500;
+        for attr in &link.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::Address(a) if a.len() == 6 => mac = Some(format_mac(a)),
+                LinkAttribute::Mtu(m) => mtu = *m,
+                _ => {}
+            }
+        }
+        let (Some(name), Some(mac)) = (name, mac) else { continue };
+        if name.starts_with(TAP_PREFIX) {
+            continue;
+        }
+        let mut addresses = Vec::new();
+        let mut addrs = handle.address().get().set_link_index_filter(link.header.index).execute();
+        while let Some(msg) = addrs.try_next().await? {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(ip) = attr {
+                    // Link-local IPv6 addresses derive from the MAC; the guest makes its own.
+                    if matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80) {
+                        continue;
+                    }
+                    addresses.push(IpNet { address: *ip, prefix_len: msg.header.prefix_len });
+                }
+            }
+        }
+        veths.push(Veth { index: link.header.index, iface: Interface { name, mac, mtu, addresses } });
+    }
+    Ok(veths)
+}
+
+const TAP_PREFIX: &str = "hulltap";
+
+async fn pair_with_tap(handle: &Handle, veth: &Veth, n: usize) -> Result<OwnedFd> {
+    let name = format!("{TAP_PREFIX}{n}");
+    let tap = create_tap(&name)?;
+    let mut links = handle.link().get().match_name(name.clone()).execute();
+    let tap_index = links.try_next().await?.ok_or_else(|| anyhow!("tap {name} vanished"))?.header.index;
+    handle.link().set(LinkUnspec::new_with_index(tap_index).mtu(veth.iface.mtu).up().build()).execute().await?;
+    for (from, to) in [(veth.index, tap_index), (tap_index, veth.index)] {
+        handle.qdisc().add(from as i32).ingress().execute().await.context("adding an ingress qdisc")?;
+        handle
+            .traffic_filter(from as i32)
+            .add()
+            .parent(0xffff_0000)
+            // ETH_P_ALL, in network byte order as tc expects.
+            .protocol(0x0003u16.to_be())
+            .redirect(to)?
+            .execute()
+            .await
+            .context("adding the mirred redirect")?;
+    }
+    Ok(tap)
+}
+
+async fn remove_ingress(handle: &Handle, index: u32) -> Result<()> {
+    let mut req = handle.qdisc().del(index as i32);
+    req.message_mut().header.parent = TcHandle::INGRESS;
+    req.message_mut().header.handle = TcHandle::from(0xffff_0000);
+    match req.execute().await {
+        Ok(()) => Ok(()),
+        // Already gone (the link may have been deleted with its namespace).
+        Err(rtnetlink::Error::NetlinkError(e)) if matches!(e.raw_code(), -2 | -19 | -22) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Create a non-persistent tap (`IFF_TAP | IFF_NO_PI`) in the current network namespace.
+fn create_tap(name: &str) -> Result<OwnedFd> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    let tun = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").context("opening /dev/net/tun")?;
+    // SAFETY: zeroed ifreq is a valid value; the name is copied with its length bounded below.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= ifr.ifr_name.len() {
+        bail!("tap name {name} too long");
+    }
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads an ifreq we own and that outlives the call.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &ifr) } != 0 {
+        bail!("creating tap {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(tun.into())
+}
+
+async fn list_routes(handle: &Handle, veths: &[Veth]) -> Result<Vec<Route>> {
+    let mut routes = Vec::new();
+    let queries = [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()];
+    for query in queries {
+        let mut stream = handle.route().get(query).execute();
+        while let Some(msg) = stream.try_next().await? {
+            let h = &msg.header;
+            // Connected routes reappear when the guest adds the addresses; RA routes are the
+            // guest's own business.
+            if h.table != RouteHeader::RT_TABLE_MAIN
+                || h.kind != RouteType::Unicast
+                || matches!(h.protocol, RouteProtocol::Kernel | RouteProtocol::Ra)
+            {
+                continue;
+            }
+            let mut oif = None;
+            let mut destination = None;
+            let mut gateway = None;
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Destination(a) => destination = ip_of(a),
+                    RouteAttribute::Gateway(a) => gateway = ip_of(a),
+                    _ => {}
+                }
+            }
+            let Some(device) = veths.iter().find(|v| Some(v.index) == oif).map(|v| v.iface.name.clone()) else {
+                continue;
+            };
+            let destination = destination.map(|address| IpNet { address, prefix_len: h.destination_prefix_length });
+            routes.push(Route { destination, gateway, device });
+        }
+    }
+    Ok(routes)
+}
+
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
