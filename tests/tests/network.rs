@@ -1,0 +1,187 @@
+//! Networking: the VM attached to a named network namespace (tap + tc mirred), the seed demo,
+//! loopback-only containers, and clean tear-down. Only loopback and this test's own namespaces
+//! and bridge are ever contacted.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hull_tests::{hull_bin, text, Env};
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// A bridge, veth pair and namespace like the seed's, with names and a /24 of the test's own.
+struct Net {
+    ns: String,
+    bridge: String,
+    host_veth: String,
+}
+
+impl Net {
+    fn new(tag: &str, subnet: u8) -> Net {
+        let net = Net { ns: format!("hullt-{tag}"), bridge: format!("hbr-{tag}"), host_veth: format!("hvh-{tag}") };
+        net.remove();
+        let (ns, br, vh) = (&net.ns, &net.bridge, &net.host_veth);
+        sh(&format!(
+            "set -e
+             ip link add name {br} type bridge && ip link set {br} up
+             ip addr add 10.201.{subnet}.1/24 dev {br} && ip -6 addr add fd00:201:{subnet}::1/64 dev {br} nodad
+             ip link add name {vh} type veth peer name hvg-{tag}
+             ip link set {vh} up && ip link set {vh} master {br}
+             ip netns add {ns} && ip link set hvg-{tag} netns {ns}
+             ip netns exec {ns} ip link set hvg-{tag} name eth0
+             ip netns exec {ns} ip addr add 10.201.{subnet}.2/24 dev eth0
+             ip netns exec {ns} ip -6 addr add fd00:201:{subnet}::2/64 dev eth0 nodad
+             ip netns exec {ns} ip link set eth0 up && ip netns exec {ns} ip link set lo up
+             ip netns exec {ns} ip route add default via 10.201.{subnet}.1"
+        ));
+        net
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.ns)
+    }
+
+    /// What the namespace holds besides the veth and loopback: taps, qdiscs, filters.
+    fn residue(&self) -> String {
+        let ns = &self.ns;
+        let links = sh(&format!("ip netns exec {ns} ip -o link show"));
+        let qdiscs = sh(&format!("ip netns exec {ns} tc qdisc show dev eth0"));
+        let filters = sh(&format!("ip netns exec {ns} tc filter show dev eth0 ingress"));
+        let mut residue = String::new();
+        residue.extend(links.lines().filter(|l| l.contains("hulltap")).map(|l| format!("{l}\n")));
+        residue.extend(qdiscs.lines().filter(|l| l.contains("ingress")).map(|l| format!("{l}\n")));
+        residue.push_str(filters.trim());
+        residue
+    }
+
+    fn remove(&self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).stderr(std::process::Stdio::null()).status();
+        let _ = Command::new("ip").args(["link", "del", &self.host_veth]).stderr(std::process::Stdio::null()).status();
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(std::process::Stdio::null()).status();
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn curl(url: &str, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let out = Command::new("curl").args(["-s", "--max-time", "2", url]).output().unwrap();
+        if out.status.success() {
+            return Some(text(&out.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+/// Point the bundle's network namespace at `path`.
+fn join_netns(b: &hull_tests::Bundle, path: &str) {
+    b.edit(|c| {
+        for ns in c["linux"]["namespaces"].as_array_mut().unwrap() {
+            if ns["type"] == "network" {
+                ns["path"] = path.into();
+            }
+        }
+    });
+}
+
+fn httpd_bundle(env: &Env, net: &Net) -> hull_tests::Bundle {
+    let b = env.bundle("web", &["httpd", "-f", "-p", "8000", "-h", "/www"]);
+    std::fs::create_dir_all(b.rootfs().join("www")).unwrap();
+    std::fs::write(b.rootfs().join("www/hello"), "hello world\n").unwrap();
+    join_netns(&b, &net.path());
+    b
+}
+
+#[test]
+fn seed_demo_script_answers_hello_world() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/demo.sh");
+    let out = Command::new(script).env("HULL", hull_bin()).output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", text(&out.stderr));
+    let answers: Vec<&str> = stdout.lines().filter(|l| *l == "hello world").collect();
+    assert_eq!(answers.len(), 2, "expected an IPv4 and an IPv6 answer:\n{stdout}");
+}
+
+#[test]
+fn http_over_ipv4_and_ipv6_from_the_host_then_clean_teardown() {
+    let env = Env::new("http");
+    let net = Net::new("http", 1);
+    let b = httpd_bundle(&env, &net);
+    let out = env.hull_detached(&["run", "-d", "--bundle", b.path(), "web"]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    assert_eq!(curl("http://10.201.1.2:8000/hello", Duration::from_secs(30)).as_deref(), Some("hello world\n"));
+    assert_eq!(curl("http://[fd00:201:1::2]:8000/hello", Duration::from_secs(10)).as_deref(), Some("hello world\n"));
+    assert!(!net.residue().is_empty(), "no redirect was installed while running");
+    let out = env.hull_out(&["delete", "--force", "web"]);
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    env.assert_clean();
+    assert_eq!(net.residue(), "", "tap/qdisc/filter left in the namespace");
+}
+
+#[test]
+fn guest_gets_the_veth_mac_mtu_and_routes() {
+    let env = Env::new("netconf");
+    let net = Net::new("conf", 2);
+    sh(&format!("ip netns exec {} ip link set eth0 mtu 1400", net.ns));
+    let mac = sh(&format!("ip netns exec {} cat /sys/class/net/eth0/address", net.ns)).trim().to_string();
+    let b = env.bundle("b", &["sh", "-c", "cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu; ip route; ip addr show eth0"]);
+    join_netns(&b, &net.path());
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some(mac.as_str()));
+    assert_eq!(lines.next(), Some("1400"));
+    assert!(stdout.contains("default via 10.201.2.1 dev eth0"), "{stdout}");
+    assert!(stdout.contains("10.201.2.2/24"), "{stdout}");
+    assert!(stdout.contains("fd00:201:2::2/64"), "{stdout}");
+    env.assert_clean();
+    assert_eq!(net.residue(), "");
+}
+
+#[test]
+fn without_a_named_netns_the_container_sees_only_loopback() {
+    let env = Env::new("loonly");
+    let b = env.bundle("b", &["ls", "/sys/class/net"]);
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).split_whitespace().collect::<Vec<_>>(), ["lo"]);
+    env.assert_clean();
+}
+
+#[test]
+fn a_missing_netns_path_is_refused_naming_it() {
+    let env = Env::new("nonetns");
+    let b = env.bundle("b", &["true"]);
+    join_netns(&b, "/var/run/netns/hull-no-such-ns");
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("hull-no-such-ns"), "{}", text(&out.stderr));
+    env.assert_clean();
+}
+
+#[test]
+fn twenty_create_delete_cycles_leave_nothing_behind() {
+    let env = Env::new("cycles");
+    let net = Net::new("cyc", 3);
+    let b = httpd_bundle(&env, &net);
+    for i in 0..20 {
+        let out = env.hull_detached(&["create", "--bundle", b.path(), "web"]);
+        assert!(out.status.success(), "cycle {i}: create: {}", text(&out.stderr));
+        let out = env.hull_out(&["delete", "web"]);
+        assert!(out.status.success(), "cycle {i}: delete: {}", text(&out.stderr));
+        env.assert_clean();
+        assert_eq!(net.residue(), "", "cycle {i}: left in the namespace");
+    }
+}
