@@ -13,7 +13,12 @@ work=$(mktemp -d /tmp/hull-bench.XXXXXX)
 root=$work/state
 cleanup() {
   "$HULL" --root "$root" delete --force idle >/dev/null 2>&1 || true
+  "$HULL" --root "$root" delete --force web >/dev/null 2>&1 || true
   runc --root "$work/runc" delete -f bench >/dev/null 2>&1 || true
+  runc --root "$work/runc" delete -f web >/dev/null 2>&1 || true
+  ip netns del hull-bench 2>/dev/null || true
+  ip link del hbv-host 2>/dev/null || true
+  ip link del hbr0 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -79,6 +84,53 @@ for pid in $sup $(pgrep -f -- "$root/idle"); do
 done
 nprocs=$(echo $procs | wc -w)
 
+"$HULL" --root "$root" delete --force idle >/dev/null 2>&1
+
+echo "bench: network, host <-> container in a netns (bridge + veth, as the demo)" >&2
+ip link add name hbr0 type bridge && ip link set hbr0 up && ip addr add 10.202.0.1/24 dev hbr0
+ip link add name hbv-host type veth peer name hbv-guest
+ip link set hbv-host up && ip link set hbv-host master hbr0
+ip netns add hull-bench && ip link set hbv-guest netns hull-bench
+ip netns exec hull-bench ip link set hbv-guest name eth0
+ip netns exec hull-bench ip addr add 10.202.0.2/24 dev eth0
+ip netns exec hull-bench ip link set eth0 up && ip netns exec hull-bench ip link set lo up
+web=$work/web
+mkdir -p "$web/rootfs"/{bin,proc,sys,dev,tmp,etc,www}
+cp /bin/busybox "$web/rootfs/bin/" && ln -s busybox "$web/rootfs/bin/httpd"
+echo "hello world" > "$web/rootfs/www/hello"
+head -c $((32 << 20)) /dev/urandom > "$web/rootfs/www/big"
+(cd "$web" && "$HULL" spec)
+python3 - "$web/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["process"]["args"] = ["httpd", "-f", "-p", "8000", "-h", "/www"]
+for n in c["linux"]["namespaces"]:
+    if n["type"] == "network":
+        n["path"] = "/var/run/netns/hull-bench"
+json.dump(c, open(sys.argv[1], "w"))
+PY
+wait_http() { for _ in $(seq 1 150); do curl -s --max-time 2 -o /dev/null http://10.202.0.2:8000/hello && return 0; sleep 0.2; done; return 1; }
+net_measure() {  # → "MB/s latency_ms"
+  local speeds=() lat=()
+  for _ in $(seq 3); do
+    speeds+=($(curl -s -o /dev/null -w '%{speed_download}' http://10.202.0.2:8000/big))
+  done
+  for _ in $(seq 20); do
+    lat+=($(curl -s -o /dev/null -w '%{time_total}' http://10.202.0.2:8000/hello))
+  done
+  python3 -c 'import sys,statistics
+a=sys.argv[1:4]; b=sys.argv[4:]
+print(f"{statistics.median(map(float,a))/1e6:.1f} {statistics.median(map(float,b))*1000:.2f}")' "${speeds[@]}" "${lat[@]}"
+}
+"$HULL" --root "$root" run -d --bundle "$web" web </dev/null >/dev/null 2>&1
+wait_http || { echo "bench: hull web container did not answer" >&2; exit 1; }
+read -r hull_mbs hull_lat <<<"$(net_measure)"
+"$HULL" --root "$root" delete --force web >/dev/null 2>&1
+(cd "$web" && runc --root "$work/runc" run -d web </dev/null >/dev/null 2>&1)
+wait_http || { echo "bench: runc web container did not answer" >&2; exit 1; }
+read -r runc_mbs runc_lat <<<"$(net_measure)"
+runc --root "$work/runc" delete -f web >/dev/null 2>&1
+
 cat <<TABLE
 | measurement (median of $RUNS, $(nproc) cores, $(date -u +%Y-%m-%d)) | value |
 |---|---|
@@ -86,4 +138,6 @@ cat <<TABLE
 | bare QEMU/TCG boot of the same kernel to \`/init\` + power-off (floor) | ${qemu_ms} ms |
 | \`runc run\` of the same bundle | ${runc_ms} ms |
 | host memory (PSS) of one idle sandbox: supervisor, QEMU, virtiofsd, vsock backend ($nprocs processes) | $((pss_kib / 1024)) MiB |
+| HTTP GET of a 32 MiB file, host → container (hull / runc, same netns setup) | ${hull_mbs} / ${runc_mbs} MB/s |
+| HTTP GET /hello latency, host → container (hull / runc, median of 20) | ${hull_lat} / ${runc_lat} ms |
 TABLE

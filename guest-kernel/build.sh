@@ -10,6 +10,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:?usage: build.sh OUT_DIR}
+mkdir -p "$out" && out=$(cd "$out" && pwd)  # the build cd's elsewhere
 src_tar=/usr/src/linux-source-6.12.tar.xz
 [ -f "$src_tar" ] || { echo "guest-kernel: $src_tar missing (apt-get install linux-source-6.12)" >&2; exit 1; }
 
