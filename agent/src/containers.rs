@@ -51,7 +51,9 @@ impl Registry {
         Ok(Registry { reaper, inner: Mutex::new(Inner::default()) })
     }
 
-    pub fn create(&self, id: &str, spec: serde_json::Value) -> Result<i32> {
+    /// Create a container; returns its init's pid, and the exit event to send at once when
+    /// the init already died (before we could register it).
+    pub fn create(&self, id: &str, spec: serde_json::Value) -> Result<(i32, Option<Event>)> {
         validate_id(id).map_err(|e| anyhow!(e))?;
         if self.inner.lock().unwrap().containers.contains_key(id) {
             bail!("container {id} already exists");
@@ -75,7 +77,7 @@ impl Registry {
         result
     }
 
-    fn create_in(&self, id: &str, bundle: &Path, spec: &Spec) -> Result<i32> {
+    fn create_in(&self, id: &str, bundle: &Path, spec: &Spec) -> Result<(i32, Option<Event>)> {
         fs::write(bundle.join("config.json"), serde_json::to_vec(spec)?)?;
         let (stdin_r, stdin_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (stdout_r, stdout_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
@@ -130,7 +132,8 @@ impl Registry {
             (StreamKind::Stderr, stderr_r),
         ]);
         inner.containers.insert(id.to_string(), Entry { pid, exit_status, stdio });
-        Ok(pid)
+        let early_exit = exit_status.map(|status| Event::ProcessExited { container_id: id.to_string(), status });
+        Ok((pid, early_exit))
     }
 
     pub fn start(&self, id: &str) -> Result<()> {

@@ -61,15 +61,26 @@ impl SinkState {
 pub fn serve(registry: Arc<Registry>, events: EventSink) -> Result<()> {
     let listener = Listener::bind(CONTROL_PORT)?;
     loop {
-        let conn = listener.accept()?;
+        // A failed accept or spawn loses one connection, never the VM.
+        let conn = match listener.accept() {
+            Ok(conn) => conn,
+            Err(e) => {
+                log::error(&format!("control accept: {e}"));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
         let registry = registry.clone();
         let events = events.clone();
-        std::thread::Builder::new().name("control".into()).spawn(move || {
+        let spawned = std::thread::Builder::new().name("control".into()).spawn(move || {
             match handle(conn, &registry, &events) {
                 Ok(()) | Err(FrameError::Closed) => {}
                 Err(e) => log::error(&format!("control connection: {e}")),
             }
-        })?;
+        });
+        if let Err(e) = spawned {
+            log::error(&format!("control thread: {e}"));
+        }
     }
 }
 
@@ -88,7 +99,7 @@ fn handle(conn: Stream, registry: &Registry, events: &EventSink) -> Result<(), F
                 Err(AgentError::new(format!("protocol version {version} unsupported (agent speaks {PROTOCOL_VERSION})")))
             }
             (_, false) => Err(AgentError::new("handshake required first")),
-            (body, true) => dispatch(registry, body.clone()).map_err(|e| AgentError::new(format!("{e:#}"))),
+            (body, true) => dispatch(registry, events, body.clone()).map_err(|e| AgentError::new(format!("{e:#}"))),
         };
         let response = AgentMessage::Response(Response {
             id: req.id,
@@ -104,7 +115,7 @@ fn handle(conn: Stream, registry: &Registry, events: &EventSink) -> Result<(), F
     }
 }
 
-fn dispatch(registry: &Registry, body: RequestBody) -> Result<Reply> {
+fn dispatch(registry: &Registry, events: &EventSink, body: RequestBody) -> Result<Reply> {
     Ok(match body {
         RequestBody::Handshake { .. } => unreachable!("handled by the caller"),
         RequestBody::Ping => Reply::Empty,
@@ -113,7 +124,11 @@ fn dispatch(registry: &Registry, body: RequestBody) -> Result<Reply> {
             Reply::Empty
         }
         RequestBody::CreateContainer { container_id, spec } => {
-            Reply::Created { pid: registry.create(&container_id, spec)? }
+            let (pid, early_exit) = registry.create(&container_id, spec)?;
+            if let Some(event) = early_exit {
+                events.send(event);
+            }
+            Reply::Created { pid }
         }
         RequestBody::StartContainer { container_id } => {
             registry.start(&container_id)?;

@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 
 type ExitHook = Box<dyn Fn(i32, i32) + Send + Sync>;
 
@@ -51,7 +50,7 @@ impl Reaper {
     /// Spawn `cmd` as a child whose status will be collected with [`wait`](Self::wait).
     /// The pid is registered before the reaper can see the child end.
     pub fn spawn(&self, cmd: &mut std::process::Command) -> std::io::Result<i32> {
-        let mut awaited = self.inner.awaited.lock().unwrap();
+        let mut awaited = lock(&self.inner.awaited);
         let child = cmd.spawn()?;
         let pid = child.id() as i32;
         awaited.push(pid);
@@ -62,13 +61,13 @@ impl Reaper {
 
     /// Block until `pid` (started with [`spawn`](Self::spawn)) ends; returns its status.
     pub fn wait(&self, pid: i32) -> i32 {
-        let mut exited = self.inner.exited.lock().unwrap();
+        let mut exited = lock(&self.inner.exited);
         loop {
             if let Some(status) = exited.remove(&pid) {
-                self.inner.awaited.lock().unwrap().retain(|p| *p != pid);
+                lock(&self.inner.awaited).retain(|p| *p != pid);
                 return status;
             }
-            exited = self.inner.changed.wait(exited).unwrap();
+            exited = self.inner.changed.wait(exited).unwrap_or_else(|e| e.into_inner());
         }
     }
 }
@@ -76,24 +75,47 @@ impl Reaper {
 impl Inner {
     fn run(&self) {
         loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
-                Ok(WaitStatus::Exited(pid, code)) => self.record(pid.as_raw(), code),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => self.record(pid.as_raw(), 128 + sig as i32),
-                Ok(_) => {}
+            // Peek first, reap second: `Command::spawn` reaps a child whose exec failed itself,
+            // and must find it still there. Taking the `awaited` lock between the two waits
+            // for any spawn in progress to finish.
+            let peeked = waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::__WALL);
+            let pid = match peeked {
+                Ok(status) => match status.pid() {
+                    Some(pid) => pid,
+                    None => continue,
+                },
                 // No children right now: poll again shortly (a spawn may be under way).
-                Err(nix::errno::Errno::ECHILD) => std::thread::sleep(Duration::from_millis(20)),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            };
+            let awaited = lock(&self.awaited);
+            let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+                Ok(WaitStatus::Exited(pid, code)) => Some((pid.as_raw(), code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => Some((pid.as_raw(), 128 + sig as i32)),
+                // Reaped by a failed spawn meanwhile, or not ended after all.
+                _ => None,
+            };
+            drop(awaited);
+            if let Some((pid, status)) = status {
+                self.record(pid, status);
             }
         }
     }
 
     fn record(&self, pid: i32, status: i32) {
-        let awaited = self.awaited.lock().unwrap().contains(&pid);
+        let awaited = lock(&self.awaited).contains(&pid);
         if awaited {
-            self.exited.lock().unwrap().insert(pid, status);
+            lock(&self.exited).insert(pid, status);
             self.changed.notify_all();
         } else if let Some(hook) = self.hook.get() {
             hook(pid, status);
         }
     }
+}
+
+/// The reaper must keep reaping even if some thread panicked while holding a lock.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

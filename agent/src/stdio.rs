@@ -24,7 +24,10 @@ pub fn serve(registry: Arc<Registry>) -> io::Result<()> {
                     }
                 });
             }
-            Err(e) => log::error(&format!("stdio accept: {e}")),
+            Err(e) => {
+                log::error(&format!("stdio accept: {e}"));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
     })?;
     Ok(())

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,12 +23,17 @@ use crate::vsock;
 /// How long one call may take. Container creation under TCG is the slowest legitimate call.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-type Pending = Arc<Mutex<HashMap<u64, Sender<Outcome>>>>;
+/// Calls awaiting a reply; `None` once the connection is gone, so later calls fail at once.
+type Pending = Arc<Mutex<Option<HashMap<u64, Sender<Outcome>>>>>;
+
+/// Notices queued for the supervisor before the reader stops reading: a guest that floods
+/// events stalls its own connection instead of growing host memory.
+const NOTICE_QUEUE: usize = 64;
 
 pub struct AgentClient {
     writer: Mutex<UnixStream>,
     pending: Pending,
-    next_id: AtomicU64,
+    next_id: Arc<AtomicU64>,
 }
 
 /// What the reader thread reports besides responses.
@@ -69,18 +74,26 @@ impl AgentClient {
     /// Wrap an established connection (also used by tests with a fake agent).
     pub fn over(stream: UnixStream) -> Result<(AgentClient, Receiver<AgentNotice>)> {
         let mut reader = stream.try_clone()?;
-        let pending: Pending = Arc::default();
-        let (notice_tx, notice_rx) = mpsc::channel();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let (notice_tx, notice_rx) = mpsc::sync_channel(NOTICE_QUEUE);
         let reader_pending = pending.clone();
+        let next_id = Arc::new(AtomicU64::new(1));
+        let issued = next_id.clone();
         std::thread::Builder::new().name("agent-reader".into()).spawn(move || {
+            let notice_tx: SyncSender<AgentNotice> = notice_tx;
             let reason = loop {
                 match read_frame::<AgentMessage>(&mut reader) {
                     Ok(AgentMessage::Response(resp)) => {
-                        match reader_pending.lock().unwrap().remove(&resp.id) {
+                        let waiter = reader_pending.lock().unwrap().as_mut().and_then(|p| p.remove(&resp.id));
+                        match waiter {
                             Some(tx) => {
                                 let _ = tx.send(resp.result);
                             }
-                            None => break format!("agent answered unknown request id {}", resp.id),
+                            // A late answer to a call that already timed out.
+                            None if resp.id < issued.load(Ordering::Relaxed) => {
+                                tracing::debug!(id = resp.id, "dropping a late agent reply");
+                            }
+                            None => break format!("agent answered request id {} that was never sent", resp.id),
                         }
                     }
                     Ok(AgentMessage::Event(ev)) => {
@@ -90,11 +103,11 @@ impl AgentClient {
                     Err(e) => break format!("agent connection: {e}"),
                 }
             };
-            // Fail every waiting call, then tell the supervisor.
-            reader_pending.lock().unwrap().clear();
+            // Fail every waiting call and any later one, then tell the supervisor.
+            reader_pending.lock().unwrap().take();
             let _ = notice_tx.send(AgentNotice::Lost(reason));
         })?;
-        Ok((AgentClient { writer: Mutex::new(stream), pending, next_id: AtomicU64::new(1) }, notice_rx))
+        Ok((AgentClient { writer: Mutex::new(stream), pending, next_id }, notice_rx))
     }
 
     pub fn call(&self, body: RequestBody) -> Result<Reply> {
@@ -104,14 +117,17 @@ impl AgentClient {
     pub fn call_with_timeout(&self, body: RequestBody, timeout: Duration) -> Result<Reply> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
-        self.pending.lock().unwrap().insert(id, tx);
+        match self.pending.lock().unwrap().as_mut() {
+            Some(pending) => pending.insert(id, tx),
+            None => bail!("agent connection lost"),
+        };
         let request = Request { id, body };
         if let Err(e) = write_frame(&mut *self.writer.lock().unwrap(), &request) {
-            self.pending.lock().unwrap().remove(&id);
+            self.forget(id);
             bail!("sending to the agent: {e}");
         }
         let outcome = rx.recv_timeout(timeout).map_err(|e| {
-            self.pending.lock().unwrap().remove(&id);
+            self.forget(id);
             match e {
                 mpsc::RecvTimeoutError::Timeout => anyhow!("agent did not answer within {timeout:?}"),
                 mpsc::RecvTimeoutError::Disconnected => anyhow!("agent connection lost"),
@@ -120,6 +136,12 @@ impl AgentClient {
         match outcome {
             Outcome::Ok(reply) => Ok(reply),
             Outcome::Error(e) => Err(anyhow!("agent: {}", e.message)),
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        if let Some(pending) = self.pending.lock().unwrap().as_mut() {
+            pending.remove(&id);
         }
     }
 }
@@ -160,5 +182,37 @@ mod tests {
         let (client, _notices) = AgentClient::over(host).unwrap();
         let err = client.call_with_timeout(RequestBody::Ping, Duration::from_millis(100)).unwrap_err();
         assert!(err.to_string().contains("did not answer"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod late_reply_tests {
+    use super::*;
+    use hull_protocol::Response;
+
+    /// A reply that arrives after its call timed out is dropped; the connection survives and
+    /// later calls still work. A reply to an id never sent is a protocol violation.
+    #[test]
+    fn late_reply_is_dropped_but_unsent_id_is_fatal() {
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let (client, notices) = AgentClient::over(host).unwrap();
+        let err = client.call_with_timeout(RequestBody::Ping, Duration::from_millis(50)).unwrap_err();
+        assert!(err.to_string().contains("did not answer"));
+        let first: Request = read_frame(&mut guest).unwrap();
+        write_frame(&mut guest, &AgentMessage::Response(Response { id: first.id, result: Outcome::Ok(Reply::Empty) })).unwrap();
+        let fake = std::thread::spawn(move || {
+            let req: Request = read_frame(&mut guest).unwrap();
+            write_frame(&mut guest, &AgentMessage::Response(Response { id: req.id, result: Outcome::Ok(Reply::Empty) })).unwrap();
+            write_frame(&mut guest, &AgentMessage::Response(Response { id: 999, result: Outcome::Ok(Reply::Empty) })).unwrap();
+            guest
+        });
+        assert!(matches!(client.call(RequestBody::Ping).unwrap(), Reply::Empty));
+        match notices.recv_timeout(Duration::from_secs(5)).unwrap() {
+            AgentNotice::Lost(reason) => assert!(reason.contains("never sent"), "{reason}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = client.call_with_timeout(RequestBody::Ping, Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("connection lost"), "{err}");
+        drop(fake.join());
     }
 }

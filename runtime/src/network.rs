@@ -49,27 +49,34 @@ pub fn attach(path: &Path) -> Result<Attachment> {
         if veths.is_empty() {
             bail!("network namespace {} has no interface besides loopback", path.display());
         }
-        let mut taps = Vec::new();
-        let mut interfaces = Vec::new();
-        let mut indexes = Vec::new();
-        for (n, veth) in veths.iter().enumerate() {
-            match pair_with_tap(&handle, veth, n).await {
-                Ok(tap) => {
-                    indexes.push(veth.index);
-                    taps.push(Tap { fd: tap, mac: veth.iface.mac.clone() });
-                    interfaces.push(veth.iface.clone());
+        // Every ingress qdisc this attach added, so a failure removes exactly those and never
+        // another sandbox's redirect in a shared namespace.
+        let mut added = Vec::new();
+        let result = async {
+            let mut taps = Vec::new();
+            for veth in &veths {
+                let fd = pair_with_tap(&handle, veth, &mut added)
+                    .await
+                    .with_context(|| format!("attaching {}", veth.iface.name))?;
+                taps.push(Tap { fd, mac: veth.iface.mac.clone() });
+            }
+            let routes = list_routes(&handle, &veths).await?;
+            Ok((taps, routes))
+        }
+        .await;
+        match result {
+            Ok((taps, routes)) => {
+                let indexes = veths.iter().map(|v| v.index).collect();
+                let interfaces = veths.into_iter().map(|v| v.iface).collect();
+                Ok((taps, indexes, interfaces, routes))
+            }
+            Err(e) => {
+                for index in added {
+                    let _ = remove_ingress(&handle, index).await;
                 }
-                Err(e) => {
-                    for index in indexes {
-                        let _ = remove_ingress(&handle, index).await;
-                    }
-                    let _ = remove_ingress(&handle, veth.index).await;
-                    return Err(e.context(format!("attaching {}", veth.iface.name)));
-                }
+                Err(e)
             }
         }
-        let routes = list_routes(&handle, &veths).await?;
-        Ok((taps, indexes, interfaces, routes))
     })?;
     let (taps, veth_indexes, interfaces, routes) = found;
     Ok(Attachment { netns_path: path.to_path_buf(), netns, taps, veth_indexes, interfaces, routes, detached: false })
@@ -172,14 +179,17 @@ async fn list_veths(handle: &Handle) -> Result<Vec<Veth>> {
 
 const TAP_PREFIX: &str = "hulltap";
 
-async fn pair_with_tap(handle: &Handle, veth: &Veth, n: usize) -> Result<OwnedFd> {
-    let name = format!("{TAP_PREFIX}{n}");
-    let tap = create_tap(&name)?;
+async fn pair_with_tap(handle: &Handle, veth: &Veth, added: &mut Vec<u32>) -> Result<OwnedFd> {
+    if has_ingress(handle, veth.index).await? {
+        bail!("{} already has an ingress qdisc (is another sandbox attached to this namespace?)", veth.iface.name);
+    }
+    let (name, tap) = create_free_tap(handle).await?;
     let mut links = handle.link().get().match_name(name.clone()).execute();
     let tap_index = links.try_next().await?.ok_or_else(|| anyhow!("tap {name} vanished"))?.header.index;
     handle.link().set(LinkUnspec::new_with_index(tap_index).mtu(veth.iface.mtu).up().build()).execute().await?;
     for (from, to) in [(veth.index, tap_index), (tap_index, veth.index)] {
         handle.qdisc().add(from as i32).ingress().execute().await.context("adding an ingress qdisc")?;
+        added.push(from);
         handle
             .traffic_filter(from as i32)
             .add()
@@ -192,6 +202,29 @@ async fn pair_with_tap(handle: &Handle, veth: &Veth, n: usize) -> Result<OwnedFd
             .context("adding the mirred redirect")?;
     }
     Ok(tap)
+}
+
+async fn has_ingress(handle: &Handle, index: u32) -> Result<bool> {
+    let mut qdiscs = handle.qdisc().get().index(index as i32).execute();
+    while let Some(q) = qdiscs.try_next().await? {
+        if q.header.index == index as i32 && q.header.parent == TcHandle::INGRESS {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Create a tap under the first `hulltapN` name not taken in this namespace.
+async fn create_free_tap(handle: &Handle) -> Result<(String, OwnedFd)> {
+    for n in 0..64 {
+        let name = format!("{TAP_PREFIX}{n}");
+        let mut existing = handle.link().get().match_name(name.clone()).execute();
+        if matches!(existing.try_next().await, Ok(Some(_))) {
+            continue;
+        }
+        return Ok((name.clone(), create_tap(&name)?));
+    }
+    bail!("no free tap name in this namespace")
 }
 
 async fn remove_ingress(handle: &Handle, index: u32) -> Result<()> {

@@ -18,11 +18,16 @@ pub struct ChildProc {
 
 impl ChildProc {
     pub fn spawn(name: &'static str, cmd: &mut Command) -> Result<ChildProc> {
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the prctl took effect.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("supervisor exited during spawn"));
                 }
                 Ok(())
             });

@@ -47,6 +47,10 @@ pub struct State {
     /// status, which is what podman/conmon need to wait on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
+    /// Start time of the supervisor (see [`crate::supervisor::process_start_time`]), so a
+    /// reused pid is not mistaken for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_start: Option<u64>,
     pub bundle: PathBuf,
     #[serde(default)]
     pub annotations: serde_json::Map<String, serde_json::Value>,
@@ -187,6 +191,7 @@ mod tests {
             id: "c1".into(),
             status: Status::Created,
             pid: Some(42),
+            supervisor_start: None,
             bundle: "/b".into(),
             annotations: Default::default(),
             created: now_rfc3339(),

@@ -120,11 +120,22 @@ fn create(cli: &Cli, bundle_path: &Path, pid_file: Option<&Path>, id: &str, star
             return Err(e);
         }
     };
-    if let Some(path) = pid_file {
-        write_pid_file(path, pid)?;
-    }
-    if start {
-        control::request(&dir.control_socket(), &ControlRequest::Start, CONTROL_TIMEOUT)?;
+    let finish = || -> Result<()> {
+        if let Some(path) = pid_file {
+            write_pid_file(path, pid)?;
+        }
+        if start {
+            control::request(&dir.control_socket(), &ControlRequest::Start, CONTROL_TIMEOUT)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = finish() {
+        // Leave nothing running behind a failed verb, as runc does.
+        if let Ok(state) = dir.read() {
+            let _ = destroy(&dir, &state);
+        }
+        dir.remove()?;
+        return Err(e);
     }
     Ok(())
 }
@@ -153,7 +164,9 @@ fn spawn_supervisor(cli: &Cli, bundle: &Bundle, dir: &StateDir) -> Result<u32> {
     // spawn returns.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(ready_fd, 3) < 0 || libc::setsid() < 0 {
+            // dup2 onto itself would keep close-on-exec set: clear it explicitly then.
+            let ok = if ready_fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) == 0 } else { libc::dup2(ready_fd, 3) >= 0 };
+            if !ok || libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -211,7 +224,8 @@ fn delete(cli: &Cli, id: &str, force: bool) -> Result<()> {
     let state = dir.read()?;
     match supervisor::effective_status(&state) {
         Status::Stopped => {}
-        Status::Created | Status::Creating => destroy(&dir, &state)?,
+        Status::Creating => bail!("container {id} is still being created; try again once `create` has returned"),
+        Status::Created => destroy(&dir, &state)?,
         status if force => {
             let _ = status;
             destroy(&dir, &state)?
@@ -227,13 +241,17 @@ fn destroy(dir: &StateDir, state: &crate::state::State) -> Result<()> {
         tracing::warn!("asking the supervisor to stop: {e:#}");
     }
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut killed = false;
     while supervisor::is_alive(state) {
-        if Instant::now() > deadline {
+        if Instant::now() > deadline && !killed {
             if let Some(pid) = state.pid {
-                // SAFETY: kill(2) with a pid we verified names a hull process.
+                // SAFETY: kill(2) of the pid whose start time matches our supervisor's.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            break;
+            killed = true;
+        }
+        if Instant::now() > deadline + Duration::from_secs(5) {
+            bail!("container supervisor did not exit");
         }
         std::thread::sleep(Duration::from_millis(20));
     }

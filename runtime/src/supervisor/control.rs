@@ -80,8 +80,11 @@ pub fn request(path: &Path, req: &ControlRequest, timeout: Duration) -> Result<(
     let mut line = String::new();
     BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line)?;
     if line.is_empty() {
-        // The supervisor ended while handling the request (e.g. after `destroy`).
-        return Ok(());
+        // The supervisor ended while handling the request: expected only for `destroy`.
+        return match req {
+            ControlRequest::Destroy => Ok(()),
+            _ => Err(anyhow!("container supervisor exited without answering")),
+        };
     }
     let reply: ControlReply = serde_json::from_str(&line).map_err(|e| anyhow!("supervisor reply: {e}"))?;
     match reply.error {

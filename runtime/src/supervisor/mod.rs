@@ -79,6 +79,7 @@ impl Supervisor {
             id: id.clone(),
             status: Status::Creating,
             pid: Some(std::process::id() as i32),
+            supervisor_start: process_start_time(std::process::id() as i32),
             bundle: bundle.dir.clone(),
             annotations: bundle.raw["annotations"].as_object().cloned().unwrap_or_default(),
             created: now_rfc3339(),
@@ -189,6 +190,9 @@ impl Supervisor {
                     if container_id == self.state.id =>
                 {
                     tracing::info!(status, "container exited");
+                    if !(0..=255).contains(&status) {
+                        break self.fail(&format!("agent reported an impossible exit status {status}"));
+                    }
                     if let Some(relays) = self.relays.take() {
                         relays.finish(Duration::from_secs(5));
                     }
@@ -271,11 +275,22 @@ fn watch_processes(pidfds: Vec<(&'static str, OwnedFd)>, tx: Sender<Msg>) {
 }
 
 /// Is the supervisor recorded in `state` still running? (A supervisor that died abruptly
-/// leaves a state that says `running`; the container is then stopped.)
+/// leaves a state that says `running`; the container is then stopped.) The pid alone could
+/// have been reused, so its start time must match too.
 pub fn is_alive(state: &State) -> bool {
     let Some(pid) = state.pid else { return false };
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    comm.trim() == "hull"
+    match (state.supervisor_start, process_start_time(pid)) {
+        (Some(recorded), Some(now)) => recorded == now,
+        _ => false,
+    }
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields are counted after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
 }
 
 /// The container's status as the CLI reports it.

@@ -1,0 +1,70 @@
+//! The OCI process settings reach the container inside the guest: user and groups, hostname,
+//! environment, cwd, rlimits, capabilities, no_new_privs and the seccomp profile.
+
+use hull_tests::{text, Env};
+use serde_json::json;
+
+#[test]
+fn process_settings_are_applied_in_the_guest() {
+    let env = Env::new("procset");
+    let b = env.bundle(
+        "b",
+        &[
+            "sh",
+            "-c",
+            "id -u; id -g; id -G; hostname; echo $GREETING; pwd; ulimit -n; \
+             grep -E '^(CapEff|NoNewPrivs):' /proc/self/status",
+        ],
+    );
+    std::fs::create_dir_all(b.rootfs().join("work")).unwrap();
+    b.edit(|c| {
+        c["process"]["user"] = json!({"uid": 1000, "gid": 1001, "additionalGids": [2000, 2001]});
+        c["hostname"] = json!("inside-vm");
+        c["process"]["env"].as_array_mut().unwrap().push(json!("GREETING=hi there"));
+        c["process"]["cwd"] = json!("/work");
+        c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}]);
+        // Only CAP_KILL (bit 5) for a non-root user: effective set must say exactly that.
+        let caps = json!(["CAP_KILL"]);
+        c["process"]["capabilities"] =
+            json!({"bounding": caps, "effective": caps, "permitted": caps, "inheritable": caps, "ambient": caps});
+        c["process"]["noNewPrivileges"] = json!(true);
+    });
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "1000", "{stdout}");
+    assert_eq!(lines[1], "1001", "{stdout}");
+    let mut groups: Vec<&str> = lines[2].split_whitespace().collect();
+    groups.sort();
+    assert_eq!(groups, ["1001", "2000", "2001"], "{stdout}");
+    assert_eq!(lines[3], "inside-vm");
+    assert_eq!(lines[4], "hi there");
+    assert_eq!(lines[5], "/work");
+    assert_eq!(lines[6], "256");
+    assert!(stdout.contains("CapEff:\t0000000000000020"), "{stdout}");
+    assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
+    env.assert_clean();
+}
+
+#[test]
+fn the_seccomp_profile_is_enforced_in_the_guest() {
+    let env = Env::new("seccomp");
+    let b = env.bundle("b", &["sh", "-c", "mkdir /tmp/blocked && echo MKDIR-ALLOWED; echo after"]);
+    b.edit(|c| {
+        c["root"]["readonly"] = json!(false);
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+    });
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(!stdout.contains("MKDIR-ALLOWED"), "mkdir was not blocked: {stdout}");
+    assert!(stdout.contains("after"), "{stdout}");
+    assert!(text(&out.stderr).contains("Operation not permitted"), "{}", text(&out.stderr));
+    assert!(!b.rootfs().join("tmp/blocked").exists());
+    env.assert_clean();
+}
