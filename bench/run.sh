@@ -50,11 +50,11 @@ time_runs() {  # command... → median ms over RUNS
 echo "bench: hull run true ($RUNS runs)" >&2
 hull_ms=$(time_runs "$HULL" --root "$root" run --bundle "$bundle" bench)
 
-echo "bench: bare QEMU/TCG boot to /init and power-off ($RUNS runs)" >&2
+echo "bench: bare QEMU/TCG boot to /init and reboot (QEMU exits) ($RUNS runs)" >&2
 floor=$work/floor
 mkdir -p "$floor/bin" "$floor/dev"
 cp /bin/busybox "$floor/bin/"
-printf '#!/bin/busybox sh\n/bin/busybox poweroff -f\n' > "$floor/init"; chmod +x "$floor/init"
+printf '#!/bin/busybox sh\n/bin/busybox reboot -f\n' > "$floor/init"; chmod +x "$floor/init"
 mknod -m 600 "$floor/dev/console" c 5 1
 (cd "$floor" && find . | cpio -o -H newc --quiet) > "$work/floor.cpio"
 qemu_ms=$(time_runs qemu-system-x86_64 -M microvm,acpi=off,x-option-roms=off -accel tcg -cpu max -m 512M \
@@ -135,7 +135,7 @@ cat <<TABLE
 | measurement (median of $RUNS, $(nproc) cores, $(date -u +%Y-%m-%d)) | value |
 |---|---|
 | \`hull run\` of \`true\` (QEMU/TCG backend), wall | ${hull_ms} ms |
-| bare QEMU/TCG boot of the same kernel to \`/init\` + power-off (floor) | ${qemu_ms} ms |
+| bare QEMU/TCG boot of the same kernel to \`/init\` + reboot (floor) | ${qemu_ms} ms |
 | \`runc run\` of the same bundle | ${runc_ms} ms |
 | host memory (PSS) of one idle sandbox: supervisor, QEMU, virtiofsd, vsock backend ($nprocs processes) | $((pss_kib / 1024)) MiB |
 | HTTP GET of a 32 MiB file, host → container (hull / runc, same netns setup) | ${hull_mbs} / ${runc_mbs} MB/s |

@@ -1,6 +1,6 @@
 //! The containers this guest runs, and their lifecycle through libcontainer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use anyhow::{anyhow, bail, Context, Result};
 use hull_protocol::{validate_id, Event, StreamKind};
 use libcontainer::container::Container as LcContainer;
-use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::oci_spec::runtime::{Process, Spec};
 use libcontainer::signal::Signal;
 use nix::fcntl::OFlag;
 
@@ -29,20 +29,28 @@ pub struct Registry {
     inner: Mutex<Inner>,
 }
 
+/// A process the host can talk to: a container's init (`None`) or one of its execs.
+type ProcKey = (String, Option<String>);
+
 #[derive(Default)]
 struct Inner {
-    containers: HashMap<String, Entry>,
-    /// Exits of pids not (yet) known as a container init: a container can die between its
-    /// helper's exit and our registering its pid.
+    containers: HashSet<String>,
+    processes: HashMap<ProcKey, Proc>,
+    /// Exits of pids not (yet) registered: a process can die between its helper's exit and
+    /// our registering its pid.
     unclaimed_exits: HashMap<i32, i32>,
 }
 
-struct Entry {
+struct Proc {
     pid: i32,
     exit_status: Option<i32>,
-    /// Host-facing ends of the container's stdio pipes, until the host connects each stream.
+    /// Host-facing ends of the process's stdio pipes, until the host connects each stream.
     stdio: HashMap<StreamKind, OwnedFd>,
 }
+
+/// What a created process reports: its pid, and the exit event to send at once when it
+/// already died before we could register it.
+pub type Spawned = (i32, Option<Event>);
 
 impl Registry {
     pub fn new(reaper: Reaper) -> Result<Self> {
@@ -51,11 +59,9 @@ impl Registry {
         Ok(Registry { reaper, inner: Mutex::new(Inner::default()) })
     }
 
-    /// Create a container; returns its init's pid, and the exit event to send at once when
-    /// the init already died (before we could register it).
-    pub fn create(&self, id: &str, spec: serde_json::Value) -> Result<(i32, Option<Event>)> {
+    pub fn create(&self, id: &str, spec: serde_json::Value) -> Result<Spawned> {
         validate_id(id).map_err(|e| anyhow!(e))?;
-        if self.inner.lock().unwrap().containers.contains_key(id) {
+        if self.inner.lock().unwrap().containers.contains(id) {
             bail!("container {id} already exists");
         }
         let spec: Spec = serde_json::from_value(spec).context("invalid container spec")?;
@@ -69,7 +75,13 @@ impl Registry {
 
         let bundle = Path::new(BUNDLE_ROOT).join(id);
         fs::create_dir_all(&bundle)?;
-        let result = self.create_in(id, &bundle, &spec);
+        let result = (|| {
+            fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
+            let stdio = self.run_helper(&[create_helper::INIT, id, path_str(&bundle)?, STATE_ROOT], &bundle)?;
+            let pid = load(id)?.pid().ok_or_else(|| anyhow!("created container has no pid"))?.as_raw();
+            self.inner.lock().unwrap().containers.insert(id.to_string());
+            Ok(self.register((id.to_string(), None), pid, stdio))
+        })();
         if result.is_err() {
             let _ = fs::remove_dir_all(&bundle);
             let _ = fs::remove_dir_all(Path::new(STATE_ROOT).join(id));
@@ -77,21 +89,36 @@ impl Registry {
         result
     }
 
-    fn create_in(&self, id: &str, bundle: &Path, spec: &Spec) -> Result<(i32, Option<Event>)> {
-        fs::write(bundle.join("config.json"), serde_json::to_vec(spec)?)?;
+    pub fn exec(&self, id: &str, exec_id: &str, process: serde_json::Value) -> Result<Spawned> {
+        validate_id(exec_id).map_err(|e| anyhow!("exec id: {e}"))?;
+        self.known(id)?;
+        let key = (id.to_string(), Some(exec_id.to_string()));
+        if self.inner.lock().unwrap().processes.contains_key(&key) {
+            bail!("exec {exec_id} already exists in container {id}");
+        }
+        let process: Process = serde_json::from_value(process).context("invalid process")?;
+        let dir = Path::new(BUNDLE_ROOT).join(id).join(format!("exec-{exec_id}"));
+        fs::create_dir_all(&dir)?;
+        let result = (|| {
+            let process_file = dir.join("process.json");
+            fs::write(&process_file, serde_json::to_vec(&process)?)?;
+            let stdio = self.run_helper(&[create_helper::EXEC, id, path_str(&process_file)?, STATE_ROOT], &dir)?;
+            let pid: i32 = fs::read_to_string(dir.join(create_helper::PID_FILE))?.trim().parse()?;
+            Ok(self.register(key, pid, stdio))
+        })();
+        let _ = fs::remove_dir_all(&dir);
+        result
+    }
+
+    /// Run the create helper with fresh stdio pipes; returns the host-facing ends.
+    fn run_helper(&self, args: &[&str], work_dir: &Path) -> Result<HashMap<StreamKind, OwnedFd>> {
         let (stdin_r, stdin_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (stdout_r, stdout_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (stderr_r, stderr_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-        let error_file = bundle.join("create-error");
+        let error_file = work_dir.join("helper-error");
 
         let mut cmd = Command::new("/proc/self/exe");
-        cmd.arg(create_helper::ARG)
-            .arg(id)
-            .arg(bundle)
-            .arg(STATE_ROOT)
-            .arg(&error_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        cmd.arg(create_helper::ARG).args(args).arg(&error_file).stdin(Stdio::null()).stdout(Stdio::null());
         let child_fds = [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()];
         // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
         // functions (fcntl, dup2) on fds that stay open in the parent until spawn returns.
@@ -121,19 +148,19 @@ impl Registry {
             let reason = reason.trim();
             bail!("{}", if reason.is_empty() { format!("create helper exited with status {status}") } else { reason.to_string() });
         }
-        let container = load(id)?;
-        let pid = container.pid().ok_or_else(|| anyhow!("created container has no pid"))?.as_raw();
+        Ok(HashMap::from([(StreamKind::Stdin, stdin_w), (StreamKind::Stdout, stdout_r), (StreamKind::Stderr, stderr_r)]))
+    }
 
+    fn register(&self, key: ProcKey, pid: i32, stdio: HashMap<StreamKind, OwnedFd>) -> Spawned {
         let mut inner = self.inner.lock().unwrap();
         let exit_status = inner.unclaimed_exits.remove(&pid);
-        let stdio = HashMap::from([
-            (StreamKind::Stdin, stdin_w),
-            (StreamKind::Stdout, stdout_r),
-            (StreamKind::Stderr, stderr_r),
-        ]);
-        inner.containers.insert(id.to_string(), Entry { pid, exit_status, stdio });
-        let early_exit = exit_status.map(|status| Event::ProcessExited { container_id: id.to_string(), status });
-        Ok((pid, early_exit))
+        let early_exit = exit_status.map(|status| Event::ProcessExited {
+            container_id: key.0.clone(),
+            exec_id: key.1.clone(),
+            status,
+        });
+        inner.processes.insert(key, Proc { pid, exit_status, stdio });
+        (pid, early_exit)
     }
 
     pub fn start(&self, id: &str) -> Result<()> {
@@ -141,10 +168,23 @@ impl Registry {
         load(id)?.start().context("starting the container")
     }
 
-    pub fn signal(&self, id: &str, signal: i32, all: bool) -> Result<()> {
+    pub fn signal(&self, id: &str, exec_id: Option<&str>, signal: i32, all: bool) -> Result<()> {
         self.known(id)?;
+        let signal_num = signal;
         let signal = Signal::try_from(signal).map_err(|_| anyhow!("invalid signal {signal}"))?;
-        load(id)?.kill(signal, all).context("signalling the container")
+        match exec_id {
+            None => load(id)?.kill(signal, all).context("signalling the container"),
+            Some(exec) => {
+                let key = (id.to_string(), Some(exec.to_string()));
+                let inner = self.inner.lock().unwrap();
+                let proc = inner.processes.get(&key).ok_or_else(|| anyhow!("exec {exec} does not exist"))?;
+                if proc.exit_status.is_some() {
+                    bail!("exec {exec} has already exited");
+                }
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(proc.pid), nix::sys::signal::Signal::try_from(signal_num)?)
+                    .context("signalling the exec")
+            }
+        }
     }
 
     pub fn remove(&self, id: &str) -> Result<()> {
@@ -153,36 +193,43 @@ impl Registry {
             container.delete(true).context("deleting the container")?;
         }
         let _ = fs::remove_dir_all(Path::new(BUNDLE_ROOT).join(id));
-        self.inner.lock().unwrap().containers.remove(id);
+        let mut inner = self.inner.lock().unwrap();
+        inner.containers.remove(id);
+        inner.processes.retain(|(cid, _), _| cid != id);
         Ok(())
     }
 
     /// Hand out the host-facing end of one stdio pipe, once.
-    pub fn take_stream(&self, id: &str, kind: StreamKind) -> Option<OwnedFd> {
-        self.inner.lock().unwrap().containers.get_mut(id)?.stdio.remove(&kind)
+    pub fn take_stream(&self, id: &str, exec_id: Option<&str>, kind: StreamKind) -> Option<OwnedFd> {
+        let key = (id.to_string(), exec_id.map(str::to_string));
+        self.inner.lock().unwrap().processes.get_mut(&key)?.stdio.remove(&kind)
     }
 
-    /// Record the exit of `pid`; returns the event to send when it was a container's init.
+    /// Record the exit of `pid`; returns the event to send when it was a registered process.
     pub fn process_exited(&self, pid: i32, status: i32) -> Option<Event> {
         let mut inner = self.inner.lock().unwrap();
-        let Some((id, entry)) = inner.containers.iter_mut().find(|(_, e)| e.pid == pid) else {
+        let Some(((id, exec_id), proc)) = inner.processes.iter_mut().find(|(_, p)| p.pid == pid && p.exit_status.is_none())
+        else {
             inner.unclaimed_exits.insert(pid, status);
             return None;
         };
-        entry.exit_status = Some(status);
+        proc.exit_status = Some(status);
         // Nobody will read a stream the host never connected; don't let it pin the pipe.
-        entry.stdio.remove(&StreamKind::Stdin);
-        Some(Event::ProcessExited { container_id: id.clone(), status })
+        proc.stdio.remove(&StreamKind::Stdin);
+        Some(Event::ProcessExited { container_id: id.clone(), exec_id: exec_id.clone(), status })
     }
 
-
     fn known(&self, id: &str) -> Result<()> {
-        if self.inner.lock().unwrap().containers.contains_key(id) {
+        if self.inner.lock().unwrap().containers.contains(id) {
             Ok(())
         } else {
             bail!("container {id:?} does not exist")
         }
     }
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", p.display()))
 }
 
 fn load(id: &str) -> Result<LcContainer> {

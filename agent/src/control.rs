@@ -134,9 +134,16 @@ fn dispatch(registry: &Registry, events: &EventSink, body: RequestBody) -> Resul
             registry.start(&container_id)?;
             Reply::Empty
         }
-        RequestBody::SignalProcess { container_id, signal, all } => {
-            registry.signal(&container_id, signal, all)?;
+        RequestBody::SignalProcess { container_id, exec_id, signal, all } => {
+            registry.signal(&container_id, exec_id.as_deref(), signal, all)?;
             Reply::Empty
+        }
+        RequestBody::ExecProcess { container_id, exec_id, process } => {
+            let (pid, early_exit) = registry.exec(&container_id, &exec_id, process)?;
+            if let Some(event) = early_exit {
+                events.send(event);
+            }
+            Reply::Created { pid }
         }
         RequestBody::RemoveContainer { container_id } => {
             registry.remove(&container_id)?;

@@ -1,25 +1,32 @@
-//! The single-threaded helper that creates one container with libcontainer.
+//! The single-threaded helper that creates one container, or one exec'd process, with
+//! libcontainer.
 //!
-//! `hull-agent create-helper ID BUNDLE STATE_ROOT ERROR_FILE`, with the container's stdin,
-//! stdout and stderr on fds 3, 4 and 5. It exits 0 once the container is in the `created`
-//! state (its init waiting for `start`), or writes the reason to ERROR_FILE and exits 1.
+//! `hull-agent create-helper init ID BUNDLE STATE_ROOT ERROR_FILE` leaves the container in the
+//! `created` state (its init waiting for `start`); `… exec ID PROCESS_JSON STATE_ROOT
+//! ERROR_FILE` starts a process in a running container and writes its pid to [`PID_FILE`]
+//! beside PROCESS_JSON. The process's stdin, stdout and stderr are on fds 3, 4 and 5. On
+//! failure the reason goes to ERROR_FILE and the exit status is 1.
 
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use anyhow::{anyhow, Result};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 
 pub const ARG: &str = "create-helper";
+pub const INIT: &str = "init";
+pub const EXEC: &str = "exec";
+pub const PID_FILE: &str = "pid";
 pub const FIRST_STDIO_FD: i32 = 3;
 
 pub fn main(args: &[String]) -> i32 {
-    let [id, bundle, state_root, error_file] = args else {
-        eprintln!("usage: hull-agent {ARG} ID BUNDLE STATE_ROOT ERROR_FILE");
+    let [mode, id, path, state_root, error_file] = args else {
+        eprintln!("usage: hull-agent {ARG} init|exec ID PATH STATE_ROOT ERROR_FILE");
         return 2;
     };
-    match create(id, bundle.into(), state_root.into()) {
+    match run(mode, id, Path::new(path), state_root.into()) {
         Ok(()) => 0,
         Err(e) => {
             let _ = std::fs::write(error_file, format!("{e:#}"));
@@ -28,20 +35,26 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-fn create(id: &str, bundle: PathBuf, state_root: PathBuf) -> anyhow::Result<()> {
-    // SAFETY: the agent placed three open fds at 3..=5 for us (see Registry::create_in) and
+fn run(mode: &str, id: &str, path: &Path, state_root: PathBuf) -> Result<()> {
+    // SAFETY: the agent placed three open fds at 3..=5 for us (see Registry::run_helper) and
     // nothing else in this process owns them.
-    let [stdin, stdout, stderr] =
-        [0, 1, 2].map(|i| unsafe { OwnedFd::from_raw_fd(FIRST_STDIO_FD + i) });
-    ContainerBuilder::new(id.to_string(), SyscallType::default())
+    let [stdin, stdout, stderr] = [0, 1, 2].map(|i| unsafe { OwnedFd::from_raw_fd(FIRST_STDIO_FD + i) });
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_executor(DefaultExecutor {})
         .with_root_path(state_root)?
         .with_stdin(stdin)
         .with_stdout(stdout)
-        .with_stderr(stderr)
-        .as_init(bundle)
-        .with_systemd(false)
-        .with_detach(true)
-        .build()?;
+        .with_stderr(stderr);
+    match mode {
+        INIT => {
+            builder.as_init(path).with_systemd(false).with_detach(true).build()?;
+        }
+        EXEC => {
+            let pid = builder.as_tenant().with_process(Some(path)).with_detach(true).build()?;
+            let dir = path.parent().ok_or_else(|| anyhow!("process file has no directory"))?;
+            std::fs::write(dir.join(PID_FILE), pid.as_raw().to_string())?;
+        }
+        other => return Err(anyhow!("unknown helper mode {other:?}")),
+    }
     Ok(())
 }

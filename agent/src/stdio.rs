@@ -36,7 +36,7 @@ pub fn serve(registry: Arc<Registry>) -> io::Result<()> {
 fn relay(registry: &Registry, mut conn: Stream) -> io::Result<()> {
     let line = read_header(&mut conn)?;
     let header: StreamHeader = line.parse().map_err(io::Error::other)?;
-    let Some(pipe) = registry.take_stream(&header.container_id, header.kind) else {
+    let Some(pipe) = registry.take_stream(&header.container_id, header.exec_id.as_deref(), header.kind) else {
         return Err(io::Error::other(format!("no pending {} for {:?}", header.kind.as_str(), header.container_id)));
     };
     let mut pipe = File::from(pipe);

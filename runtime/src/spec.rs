@@ -101,3 +101,17 @@ mod tests {
         assert_eq!(spec.root().as_ref().unwrap().path().to_str(), Some("rootfs"));
     }
 }
+
+/// Whether `name` (e.g. `CAP_NET_ADMIN`) is a Linux capability oci-spec knows.
+pub fn is_known_capability(name: &str) -> bool {
+    serde_json::from_value::<oci_spec::runtime::Capability>(json!(name)).is_ok()
+}
+
+#[cfg(test)]
+mod capability_tests {
+    #[test]
+    fn known_capabilities() {
+        assert!(super::is_known_capability("CAP_NET_ADMIN"));
+        assert!(!super::is_known_capability("CAP_MAKE_COFFEE"));
+    }
+}

@@ -134,3 +134,45 @@ fn delete_force_stops_a_running_container() {
     assert!(out.status.success(), "delete --force: {}", text(&out.stderr));
     env.assert_clean();
 }
+
+#[test]
+fn exec_runs_in_the_container_with_stdio_env_and_status() {
+    let env = Env::new("exec");
+    let b = env.bundle("b", &["sleep", "300"]);
+    let out = env.hull_detached(&["run", "-d", "--bundle", b.path(), "c1"]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+
+    let out = env.hull_out(&["exec", "c1", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!((text(&out.stdout).as_str(), text(&out.stderr).as_str(), out.status.code()), ("out\n", "err\n", Some(3)));
+
+    let out = env.hull_with_input(&["exec", "c1", "cat"], b"through stdin\n");
+    assert_eq!(text(&out.stdout), "through stdin\n");
+
+    let out = env.hull_out(&["exec", "-e", "GREETING=hi", "--cwd", "/tmp", "-u", "1000:1000", "c1", "sh", "-c", "echo $GREETING; pwd; id -u"]);
+    assert_eq!(text(&out.stdout), "hi\n/tmp\n1000\n", "stderr: {}", text(&out.stderr));
+
+    // The exec sees the init's pid namespace: `sleep 300` is there.
+    let out = env.hull_out(&["exec", "c1", "ps"]);
+    assert!(text(&out.stdout).contains("sleep 300"), "{}", text(&out.stdout));
+
+    // exec -d --pid-file: the named host process lives as long as the exec'd one and exits
+    // with its status.
+    let pid_file = env.dir.join("exec.pid");
+    let out = env.hull_detached(&["exec", "-d", "--pid-file", pid_file.to_str().unwrap(), "c1", "sleep", "1"]);
+    assert!(out.status.success(), "exec -d: {}", text(&out.stderr));
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "exec -d process gone too early");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "exec -d process outlived its `sleep 1`");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let out = env.hull_out(&["exec", "--cap", "CAP_MAKE_COFFEE", "c1", "true"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("CAP_MAKE_COFFEE"), "{}", text(&out.stderr));
+
+    let out = env.hull_out(&["delete", "--force", "c1"]);
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    env.assert_clean();
+}

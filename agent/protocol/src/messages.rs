@@ -26,8 +26,17 @@ pub enum RequestBody {
     /// paths: `spec.root.path` is absolute in the guest.
     CreateContainer { container_id: String, spec: serde_json::Value },
     StartContainer { container_id: String },
-    /// Deliver `signal` to the container's init (or to every process with `all`).
-    SignalProcess { container_id: String, signal: i32, all: bool },
+    /// Run an additional process in a running container (`runc exec`). `process` is an OCI
+    /// `process` object; it starts at once.
+    ExecProcess { container_id: String, exec_id: String, process: serde_json::Value },
+    /// Deliver `signal` to the container's init (every process with `all`), or to one exec.
+    SignalProcess {
+        container_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_id: Option<String>,
+        signal: i32,
+        all: bool,
+    },
     RemoveContainer { container_id: String },
 }
 
@@ -71,9 +80,14 @@ impl AgentError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// A container's init ended. `status` follows the shell's convention: the exit code, or
-    /// 128 + the signal number.
-    ProcessExited { container_id: String, status: i32 },
+    /// A container's init (no `exec_id`) or an exec'd process ended. `status` follows the
+    /// shell's convention: the exit code, or 128 + the signal number.
+    ProcessExited {
+        container_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_id: Option<String>,
+        status: i32,
+    },
 }
 
 /// Everything the agent writes on the control connection.

@@ -23,10 +23,10 @@ fn seeds() -> Vec<Vec<u8>> {
     vec![
         encode(&Request { id: 1, body: RequestBody::Handshake { version: 1 } }).unwrap(),
         encode(&Request { id: 2, body: RequestBody::CreateContainer { container_id: "c".into(), spec } }).unwrap(),
-        encode(&Request { id: 3, body: RequestBody::SignalProcess { container_id: "c".into(), signal: 9, all: true } })
+        encode(&Request { id: 3, body: RequestBody::SignalProcess { container_id: "c".into(), exec_id: None, signal: 9, all: true } })
             .unwrap(),
         encode(&AgentMessage::Response(Response { id: 4, result: Outcome::Ok(Reply::Created { pid: 7 }) })).unwrap(),
-        encode(&AgentMessage::Event(Event::ProcessExited { container_id: "c".into(), status: 137 })).unwrap(),
+        encode(&AgentMessage::Event(Event::ProcessExited { container_id: "c".into(), exec_id: None, status: 137 })).unwrap(),
     ]
 }
 
@@ -54,7 +54,7 @@ fn random_stream_headers_never_panic_and_valid_ones_round_trip() {
     let mut rng = XorShift(42);
     for _ in 0..20_000 {
         let len = rng.below(64);
-        const ALPHABET: &[u8] = b" abcstdinouterr-._/\\\n\0\xff";
+        const ALPHABET: &[u8] = b" abcstdinouterr-._/:\\\n\0\xff";
         let bytes: Vec<u8> = (0..len).map(|_| ALPHABET[rng.below(ALPHABET.len())]).collect();
         if let Ok(line) = std::str::from_utf8(&bytes) {
             if let Ok(h) = line.parse::<StreamHeader>() {

@@ -60,7 +60,7 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
                 Status::Created | Status::Running | Status::Paused => {}
                 other => bail!("cannot kill a container that is {}", other.as_str()),
             }
-            control::request(&dir.control_socket(), &ControlRequest::Kill { signal, all: *all }, CONTROL_TIMEOUT)?;
+            control::request(&dir.control_socket(), &ControlRequest::Kill { signal, all: *all, exec_id: None }, CONTROL_TIMEOUT)?;
             Ok(0)
         }
         Command::Delete { force, id } => {
@@ -76,6 +76,7 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
                 .with_context(|| format!("writing {}", path.display()))?;
             Ok(0)
         }
+        Command::Exec(args) => super::exec::exec(cli, args),
         Command::Supervise { bundle, ready_fd, id } => Ok(supervise(cli, bundle, *ready_fd, id, &config)),
     }
 }
@@ -141,8 +142,14 @@ fn create(cli: &Cli, bundle_path: &Path, pid_file: Option<&Path>, id: &str, star
 }
 
 fn spawn_supervisor(cli: &Cli, bundle: &Bundle, dir: &StateDir) -> Result<u32> {
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut cmd = Process::new(supervisor::self_exe()?);
+    global_args(cli, &mut cmd);
+    cmd.arg("supervise").arg("--bundle").arg(&bundle.dir).arg("--ready-fd").arg("3").arg(dir.id());
+    spawn_detached(cmd, dir.dir.join("supervisor.log"))
+}
+
+/// The global flags of this invocation, for a re-executed `hull`.
+pub(super) fn global_args(cli: &Cli, cmd: &mut Process) {
     cmd.arg("--root").arg(&cli.root);
     if let Some(log) = &cli.log {
         cmd.arg("--log").arg(log);
@@ -158,7 +165,12 @@ fn spawn_supervisor(cli: &Cli, bundle: &Bundle, dir: &StateDir) -> Result<u32> {
         crate::hypervisor::BackendKind::Qemu => "qemu",
         crate::hypervisor::BackendKind::HullVmm => "hull-vmm",
     });
-    cmd.arg("supervise").arg("--bundle").arg(&bundle.dir).arg("--ready-fd").arg("3").arg(dir.id());
+}
+
+/// Start `cmd` in a new session with a readiness pipe on its fd 3, and wait until it writes
+/// "ok\n" (returns its pid) or an error (returned as ours) and closes the pipe.
+pub(super) fn spawn_detached(mut cmd: Process, log_hint: std::path::PathBuf) -> Result<u32> {
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let ready_fd = ready_w.as_raw_fd();
     // SAFETY: dup2 and setsid are async-signal-safe; ready_fd stays open in the parent until
     // spawn returns.
@@ -172,7 +184,7 @@ fn spawn_supervisor(cli: &Cli, bundle: &Bundle, dir: &StateDir) -> Result<u32> {
             Ok(())
         });
     }
-    let child = cmd.spawn().context("starting the container supervisor")?;
+    let child = cmd.spawn().context("starting a detached hull process")?;
     drop(ready_w);
     let mut report = String::new();
     File::from(ready_r).take(64 * 1024).read_to_string(&mut report)?;
@@ -183,18 +195,24 @@ fn spawn_supervisor(cli: &Cli, bundle: &Bundle, dir: &StateDir) -> Result<u32> {
     let mut child = child;
     let _ = child.wait();
     if report.is_empty() {
-        bail!("container supervisor exited before reporting (see {})", dir.dir.join("supervisor.log").display());
+        bail!("detached hull process exited before reporting (see {})", log_hint.display());
     }
     Err(anyhow!(report.trim_end().to_string()))
+}
+
+/// Take the readiness pipe a detached hull process was given (see [`spawn_detached`]).
+pub(super) fn take_ready_fd(ready_fd: i32) -> File {
+    // SAFETY: our parent placed the write end of its pipe at this fd for us alone.
+    let ready = File::from(unsafe { OwnedFd::from_raw_fd(ready_fd) });
+    // Processes we start must not inherit it, or our parent would never see EOF.
+    let _ = nix::fcntl::fcntl(&ready, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    ready
 }
 
 /// The detached supervisor: report creation on `ready_fd`, then serve until the container
 /// exits, and exit with its status.
 fn supervise(cli: &Cli, bundle: &Path, ready_fd: i32, id: &str, config: &SandboxConfig) -> i32 {
-    // SAFETY: `create` placed the write end of its pipe at this fd for us alone.
-    let mut ready = File::from(unsafe { OwnedFd::from_raw_fd(ready_fd) });
-    // The VM and daemons we start must not inherit it, or `create` would never see EOF.
-    let _ = nix::fcntl::fcntl(&ready, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let mut ready = take_ready_fd(ready_fd);
     let dir = match StateDir::new(&cli.root, id) {
         Ok(d) => d,
         Err(e) => {
@@ -258,7 +276,7 @@ fn destroy(dir: &StateDir, state: &crate::state::State) -> Result<()> {
     Ok(())
 }
 
-fn write_pid_file(path: &Path, pid: u32) -> Result<()> {
+pub(super) fn write_pid_file(path: &Path, pid: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, pid.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))

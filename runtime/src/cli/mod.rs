@@ -1,6 +1,7 @@
 //! The runc-compatible command line. Thin: parse, set up logging, call the library.
 
 mod commands;
+mod exec;
 mod logging;
 mod signal;
 
@@ -82,6 +83,8 @@ pub enum Command {
         force: bool,
         id: String,
     },
+    /// Run another process in a running container.
+    Exec(exec::ExecArgs),
     /// Write a default config.json into the bundle directory.
     Spec {
         #[arg(short, long, default_value = ".")]

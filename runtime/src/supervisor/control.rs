@@ -17,7 +17,17 @@ const MAX_REQUEST: u64 = 4096;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlRequest {
     Start,
-    Kill { signal: i32, all: bool },
+    /// Signal the init (or every process with `all`), or one exec'd process.
+    Kill {
+        signal: i32,
+        all: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_id: Option<String>,
+    },
+    /// Start an OCI `process` in the running container.
+    Exec { exec_id: String, process: serde_json::Value },
+    /// Answer once exec `exec_id` has ended, with its status.
+    WaitExec { exec_id: String },
     /// Stop the container and the VM now (`delete --force`).
     Destroy,
 }
@@ -26,11 +36,14 @@ pub enum ControlRequest {
 pub struct ControlReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Exit status, for `wait_exec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<i32>,
 }
 
 impl ControlReply {
     pub fn from_result(r: Result<()>) -> Self {
-        ControlReply { error: r.err().map(|e| format!("{e:#}")) }
+        ControlReply { error: r.err().map(|e| format!("{e:#}")), status: None }
     }
 }
 
@@ -50,13 +63,14 @@ pub fn serve(path: &Path, tx: Sender<Incoming>) -> Result<()> {
 }
 
 fn handle(conn: UnixStream, tx: &Sender<Incoming>) {
-    let shutting_down = || ControlReply { error: Some("container supervisor is shutting down".into()) };
+    let shutting_down = || ControlReply { error: Some("container supervisor is shutting down".into()), status: None };
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
     let mut line = String::new();
     let reply = match BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line) {
-        Err(e) => ControlReply { error: Some(format!("reading request: {e}")) },
+        Err(e) => ControlReply { error: Some(format!("reading request: {e}")), status: None },
         Ok(_) => match serde_json::from_str::<ControlRequest>(&line) {
-            Err(e) => ControlReply { error: Some(format!("malformed request: {e}")) },
+            Err(e) => ControlReply { error: Some(format!("malformed request: {e}")), status: None },
             Ok(req) => {
                 let (reply_tx, reply_rx) = mpsc::channel();
                 match tx.send((req, reply_tx)) {
@@ -73,8 +87,14 @@ fn handle(conn: UnixStream, tx: &Sender<Incoming>) {
 
 /// Send one request to the supervisor whose control socket is `path`.
 pub fn request(path: &Path, req: &ControlRequest, timeout: Duration) -> Result<()> {
+    request_reply(path, req, Some(timeout)).map(|_| ())
+}
+
+/// Send one request and return the supervisor's reply (`timeout: None` waits as long as it
+/// takes, for `wait_exec`).
+pub fn request_reply(path: &Path, req: &ControlRequest, timeout: Option<Duration>) -> Result<ControlReply> {
     let mut conn = UnixStream::connect(path).map_err(|e| anyhow!("container supervisor not reachable ({e})"))?;
-    conn.set_read_timeout(Some(timeout))?;
+    conn.set_read_timeout(timeout)?;
     conn.write_all(&serde_json::to_vec(req)?)?;
     conn.write_all(b"\n")?;
     let mut line = String::new();
@@ -82,13 +102,13 @@ pub fn request(path: &Path, req: &ControlRequest, timeout: Duration) -> Result<(
     if line.is_empty() {
         // The supervisor ended while handling the request: expected only for `destroy`.
         return match req {
-            ControlRequest::Destroy => Ok(()),
+            ControlRequest::Destroy => Ok(ControlReply::default()),
             _ => Err(anyhow!("container supervisor exited without answering")),
         };
     }
     let reply: ControlReply = serde_json::from_str(&line).map_err(|e| anyhow!("supervisor reply: {e}"))?;
     match reply.error {
-        None => Ok(()),
+        None => Ok(reply),
         Some(e) => Err(anyhow!(e)),
     }
 }

@@ -9,8 +9,9 @@
 //! end the container with [`SANDBOX_FAILED`] instead of hanging.
 
 pub mod control;
-mod stdio;
+pub mod stdio;
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -53,6 +54,9 @@ pub struct Supervisor {
     /// Dropped (taps closed, redirects removed) after the sandbox is shut down.
     network: Option<network::Attachment>,
     relays: Option<stdio::Relays>,
+    /// Statuses of exec'd processes that ended, and the `wait_exec` callers still waiting.
+    exec_exits: HashMap<String, i32>,
+    exec_waiters: HashMap<String, Vec<Sender<ControlReply>>>,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
 }
@@ -104,10 +108,20 @@ impl Supervisor {
             Err(e) => return Err(e.context("creating the container in the guest")),
         }
         // On any error, dropping the sandbox stops the VM and its daemons.
-        let relays = stdio::attach(sandbox.vsock_socket(), &id)?;
+        let relays = stdio::attach(sandbox.vsock_socket(), &id, None)?;
 
         let (tx, rx) = mpsc::channel();
-        let mut sup = Supervisor { dir, state, sandbox, network, relays: Some(relays), tx, rx };
+        let mut sup = Supervisor {
+            dir,
+            state,
+            sandbox,
+            network,
+            relays: Some(relays),
+            tx,
+            rx,
+            exec_exits: HashMap::new(),
+            exec_waiters: HashMap::new(),
+        };
         sup.spawn_watchers(signals)?;
         state = sup.state.clone();
         state.status = Status::Created;
@@ -163,6 +177,10 @@ impl Supervisor {
         &self.state
     }
 
+    pub fn vsock_socket(&self) -> &std::path::Path {
+        self.sandbox.vsock_socket()
+    }
+
     fn set_state(&mut self, state: State) -> Result<()> {
         self.dir.write(&state)?;
         self.state = state;
@@ -186,7 +204,16 @@ impl Supervisor {
         let status = loop {
             let Ok(msg) = self.rx.recv() else { break self.fail("supervisor lost its event sources") };
             match msg {
-                Msg::Agent(AgentNotice::Event(Event::ProcessExited { container_id, status }))
+                Msg::Agent(AgentNotice::Event(Event::ProcessExited { container_id, exec_id: Some(exec), status }))
+                    if container_id == self.state.id =>
+                {
+                    tracing::info!(exec, status, "exec exited");
+                    for waiter in self.exec_waiters.remove(&exec).unwrap_or_default() {
+                        let _ = waiter.send(ControlReply { error: None, status: Some(status) });
+                    }
+                    self.exec_exits.insert(exec, status);
+                }
+                Msg::Agent(AgentNotice::Event(Event::ProcessExited { container_id, exec_id: None, status }))
                     if container_id == self.state.id =>
                 {
                     tracing::info!(status, "container exited");
@@ -205,14 +232,12 @@ impl Supervisor {
                     break self.fail(&format!("sandbox process failed: {how}"));
                 }
                 Msg::Signal(sig) => {
-                    if let Err(e) = self.signal(sig, false) {
+                    if let Err(e) = self.signal(sig, false, None) {
                         tracing::warn!("forwarding signal {sig}: {e:#}");
                     }
                 }
                 Msg::Control((req, reply)) => {
-                    let (result, stop) = self.control(req);
-                    let _ = reply.send(ControlReply::from_result(result));
-                    if let Some(status) = stop {
+                    if let Some(status) = self.control(req, reply) {
                         break status;
                     }
                 }
@@ -221,19 +246,45 @@ impl Supervisor {
         self.finish(status)
     }
 
-    fn control(&mut self, req: ControlRequest) -> (Result<()>, Option<i32>) {
-        match req {
-            ControlRequest::Start => (self.start(), None),
-            ControlRequest::Kill { signal, all } => (self.signal(signal, all), None),
-            ControlRequest::Destroy => (Ok(()), Some(128 + libc::SIGKILL)),
-        }
+    /// Handle one control request, replying on `reply` (now, or later for `wait_exec`).
+    /// Returns the status to exit with when the request ends the container.
+    fn control(&mut self, req: ControlRequest, reply: Sender<ControlReply>) -> Option<i32> {
+        let result = match req {
+            ControlRequest::Start => self.start(),
+            ControlRequest::Kill { signal, all, exec_id } => self.signal(signal, all, exec_id),
+            ControlRequest::Exec { exec_id, process } => self.exec(exec_id, process),
+            ControlRequest::WaitExec { exec_id } => {
+                match self.exec_exits.get(&exec_id) {
+                    Some(status) => {
+                        let _ = reply.send(ControlReply { error: None, status: Some(*status) });
+                    }
+                    None => self.exec_waiters.entry(exec_id).or_default().push(reply),
+                }
+                return None;
+            }
+            ControlRequest::Destroy => {
+                let _ = reply.send(ControlReply::default());
+                return Some(128 + libc::SIGKILL);
+            }
+        };
+        let _ = reply.send(ControlReply::from_result(result));
+        None
     }
 
-    fn signal(&self, signal: i32, all: bool) -> Result<()> {
+    fn signal(&self, signal: i32, all: bool, exec_id: Option<String>) -> Result<()> {
         self.sandbox
             .agent
-            .call(RequestBody::SignalProcess { container_id: self.state.id.clone(), signal, all })
+            .call(RequestBody::SignalProcess { container_id: self.state.id.clone(), exec_id, signal, all })
             .map(|_| ())
+    }
+
+    fn exec(&mut self, exec_id: String, process: serde_json::Value) -> Result<()> {
+        if self.state.status != Status::Running {
+            bail!("cannot exec in a container that is {}", self.state.status.as_str());
+        }
+        hull_protocol::validate_id(&exec_id).map_err(|e| anyhow::anyhow!("exec id: {e}"))?;
+        self.sandbox.agent.call(RequestBody::ExecProcess { container_id: self.state.id.clone(), exec_id, process })?;
+        Ok(())
     }
 
     fn fail(&self, why: &str) -> i32 {

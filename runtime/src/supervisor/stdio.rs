@@ -23,13 +23,13 @@ pub struct Relays {
     pending: usize,
 }
 
-/// Connect the three streams of `container_id` and start relaying them to/from this
-/// process's fds 0, 1 and 2.
-pub fn attach(vsock_socket: &Path, container_id: &str) -> Result<Relays> {
+/// Connect the three streams of a container's init (or of one of its execs) and start
+/// relaying them to/from this process's fds 0, 1 and 2.
+pub fn attach(vsock_socket: &Path, container_id: &str, exec_id: Option<&str>) -> Result<Relays> {
     let connect = |kind: StreamKind| -> Result<UnixStream> {
         let mut conn = vsock::connect(vsock_socket, STDIO_PORT, Duration::from_secs(10))
             .with_context(|| format!("connecting the container's {}", kind.as_str()))?;
-        conn.write_all(StreamHeader { container_id: container_id.into(), kind }.to_string().as_bytes())?;
+        conn.write_all(StreamHeader { container_id: container_id.into(), exec_id: exec_id.map(str::to_string), kind }.to_string().as_bytes())?;
         Ok(conn)
     };
     let stdin = connect(StreamKind::Stdin)?;

@@ -1,0 +1,219 @@
+//! `hull exec`: run another process in a running container.
+//!
+//! The process starts through the container's supervisor (which owns the agent connection);
+//! this command then connects the process's stdio streams itself and waits for its status.
+//! With `-d`, a detached copy of this command does the relaying and waiting, and its pid is
+//! the one `--pid-file` names: it lives exactly as long as the exec'd process and exits with
+//! its status, which is what podman/conmon wait on.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command as Process;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use serde_json::{json, Value};
+
+use super::commands::{global_args, spawn_detached, take_ready_fd, write_pid_file};
+use super::Cli;
+use crate::state::{StateDir, Status};
+use crate::supervisor::control::{request, request_reply, ControlRequest};
+use crate::supervisor::{self, stdio, Supervisor};
+
+#[derive(Args, Debug, Clone)]
+pub struct ExecArgs {
+    /// OCI `process` JSON to run instead of COMMAND.
+    #[arg(short, long)]
+    pub process: Option<PathBuf>,
+    /// Allocate a terminal (needs --console-socket).
+    #[arg(short, long)]
+    pub tty: bool,
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Return once the process has started.
+    #[arg(short, long)]
+    pub detach: bool,
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Set an environment variable (NAME=VALUE); repeatable.
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// UID[:GID] to run as.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Add a capability (e.g. CAP_NET_ADMIN); repeatable.
+    #[arg(long = "cap")]
+    pub caps: Vec<String>,
+    #[arg(long)]
+    pub no_new_privs: bool,
+    /// Internal: report readiness on this fd (the detached copy `-d` starts).
+    #[arg(long, hide = true)]
+    pub ready_fd: Option<i32>,
+    pub id: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+pub fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
+    let dir = StateDir::new(&cli.root, &args.id)?;
+    let state = dir.read()?;
+    match supervisor::effective_status(&state) {
+        Status::Running => {}
+        other => bail!("cannot exec in a container that is {}", other.as_str()),
+    }
+    let process = build_process(&state.bundle, args)?;
+    if process["terminal"] == json!(true) {
+        bail!("exec with a terminal (-t) is not supported yet");
+    }
+    if args.detach {
+        return detach(cli, args);
+    }
+
+    let signals = Supervisor::block_forwarded_signals()?;
+    let exec_id = match args.ready_fd {
+        Some(_) => std::env::var("HULL_EXEC_ID").context("detached exec without its id")?,
+        None => new_exec_id(),
+    };
+    let socket = dir.control_socket();
+    let started = request(&socket, &ControlRequest::Exec { exec_id: exec_id.clone(), process }, Duration::from_secs(90));
+    if let Some(fd) = args.ready_fd {
+        let mut ready = take_ready_fd(fd);
+        let _ = match &started {
+            Ok(()) => ready.write_all(b"ok\n"),
+            Err(e) => write!(ready, "{e:#}"),
+        };
+    }
+    started?;
+    let relays = stdio::attach(&dir.vsock_socket(), &args.id, Some(&exec_id))?;
+
+    let forward_socket = socket.clone();
+    let forward_exec = exec_id.clone();
+    std::thread::Builder::new().name("exec-signals".into()).spawn(move || {
+        while let Ok(sig) = signals.wait() {
+            let req = ControlRequest::Kill { signal: sig as i32, all: false, exec_id: Some(forward_exec.clone()) };
+            let _ = request(&forward_socket, &req, Duration::from_secs(10));
+        }
+    })?;
+
+    let reply = request_reply(&socket, &ControlRequest::WaitExec { exec_id }, None)?;
+    relays.finish(Duration::from_secs(5));
+    reply.status.ok_or_else(|| anyhow!("supervisor did not report the exec's status"))
+}
+
+/// `exec -d`: start a detached copy of this command that relays and waits; it reports back
+/// once the process has started.
+fn detach(cli: &Cli, args: &ExecArgs) -> Result<i32> {
+    let mut cmd = Process::new(supervisor::self_exe()?);
+    global_args(cli, &mut cmd);
+    cmd.arg("exec").args(["--ready-fd", "3"]);
+    if let Some(p) = &args.process {
+        cmd.arg("--process").arg(p);
+    }
+    for e in &args.env {
+        cmd.arg("--env").arg(e);
+    }
+    if let Some(cwd) = &args.cwd {
+        cmd.arg("--cwd").arg(cwd);
+    }
+    if let Some(user) = &args.user {
+        cmd.arg("--user").arg(user);
+    }
+    for cap in &args.caps {
+        cmd.arg("--cap").arg(cap);
+    }
+    if args.no_new_privs {
+        cmd.arg("--no-new-privs");
+    }
+    cmd.arg(&args.id).arg("--").args(&args.command);
+    cmd.env("HULL_EXEC_ID", new_exec_id());
+    let pid = spawn_detached(cmd, PathBuf::from("the --log file"))?;
+    if let Some(path) = &args.pid_file {
+        write_pid_file(path, pid)?;
+    }
+    Ok(0)
+}
+
+fn new_exec_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("exec-{}-{nanos}", std::process::id())
+}
+
+/// The OCI process to run: `--process FILE`, or the container's own process with COMMAND,
+/// then the flags applied on top (as runc does).
+fn build_process(bundle: &std::path::Path, args: &ExecArgs) -> Result<Value> {
+    let mut process = match &args.process {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| anyhow!("--process {}: {e}", path.display()))?;
+            let value: Value =
+                serde_json::from_slice(&bytes).map_err(|e| anyhow!("--process {}: not valid JSON: {e}", path.display()))?;
+            serde_path_to_error::deserialize::<_, oci_spec::runtime::Process>(&value)
+                .map_err(|e| anyhow!("--process {}: field `{}`: {}", path.display(), e.path(), e.inner()))?;
+            value
+        }
+        None => {
+            if args.command.is_empty() {
+                bail!("exec needs a command (or --process FILE)");
+            }
+            let config = bundle.join("config.json");
+            let spec: Value = serde_json::from_slice(&std::fs::read(&config).map_err(|e| anyhow!("{}: {e}", config.display()))?)
+                .map_err(|e| anyhow!("{}: {e}", config.display()))?;
+            let mut p = spec.get("process").cloned().unwrap_or_else(|| json!({"cwd": "/", "user": {"uid": 0, "gid": 0}}));
+            p["args"] = json!(args.command);
+            p["terminal"] = json!(false);
+            p
+        }
+    };
+    if args.tty {
+        process["terminal"] = json!(true);
+    }
+    if !args.env.is_empty() {
+        let mut env: Vec<Value> = process["env"].as_array().cloned().unwrap_or_default();
+        for var in &args.env {
+            let name = var.split('=').next().unwrap_or_default();
+            env.retain(|e| e.as_str().and_then(|s| s.split('=').next()) != Some(name));
+            env.push(json!(var));
+        }
+        process["env"] = json!(env);
+    }
+    if let Some(cwd) = &args.cwd {
+        process["cwd"] = json!(cwd);
+    }
+    if let Some(user) = &args.user {
+        let (uid, gid) = match user.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (user.as_str(), None),
+        };
+        let uid: u32 = uid.parse().map_err(|_| anyhow!("--user {user:?}: expected UID[:GID] as numbers"))?;
+        process["user"]["uid"] = json!(uid);
+        if let Some(g) = gid {
+            let gid: u32 = g.parse().map_err(|_| anyhow!("--user {user:?}: expected UID[:GID] as numbers"))?;
+            process["user"]["gid"] = json!(gid);
+        }
+    }
+    for cap in &args.caps {
+        if !crate::spec::is_known_capability(cap) {
+            bail!("--cap {cap:?}: unknown capability");
+        }
+        for set in ["bounding", "effective", "permitted"] {
+            let list = &mut process["capabilities"][set];
+            if !list.is_array() {
+                *list = json!([]);
+            }
+            let list = list.as_array_mut().unwrap();
+            if !list.iter().any(|c| c == cap) {
+                list.push(json!(cap));
+            }
+        }
+    }
+    if args.no_new_privs {
+        process["noNewPrivileges"] = json!(true);
+    }
+    if args.console_socket.is_some() && !args.tty {
+        bail!("--console-socket needs --tty");
+    }
+    Ok(process)
+}
