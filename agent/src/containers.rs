@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
-use hull_protocol::{validate_id, Event, StreamKind};
+use hull_protocol::{validate_id, Event, ProcessInfo, StreamKind, MAX_CMDLINE, MAX_PROCESSES};
 use libcontainer::container::Container as LcContainer;
 use libcontainer::oci_spec::runtime::{Process, Spec};
 use libcontainer::signal::Signal;
@@ -197,6 +197,40 @@ impl Registry {
         inner.containers.remove(id);
         inner.processes.retain(|(cid, _), _| cid != id);
         Ok(())
+    }
+
+    pub fn pause(&self, id: &str) -> Result<()> {
+        self.known(id)?;
+        load(id)?.pause().context("pausing the container")
+    }
+
+    pub fn resume(&self, id: &str) -> Result<()> {
+        self.known(id)?;
+        load(id)?.resume().context("resuming the container")
+    }
+
+    /// Processes in the container's cgroup, with their command lines.
+    pub fn processes(&self, id: &str) -> Result<Vec<ProcessInfo>> {
+        self.known(id)?;
+        let procs = fs::read_to_string(format!("/sys/fs/cgroup/hull/{id}/cgroup.procs"))
+            .with_context(|| format!("reading the cgroup of container {id}"))?;
+        Ok(procs
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .take(MAX_PROCESSES)
+            .map(|pid| {
+                let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let mut cmdline = String::from_utf8_lossy(&raw).replace('\0', " ").trim_end().to_string();
+                if cmdline.len() > MAX_CMDLINE {
+                    let mut end = MAX_CMDLINE;
+                    while !cmdline.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    cmdline.truncate(end);
+                }
+                ProcessInfo { pid, cmdline }
+            })
+            .collect())
     }
 
     /// Hand out the host-facing end of one stdio pipe, once.

@@ -145,6 +145,15 @@ fn dispatch(registry: &Registry, events: &EventSink, body: RequestBody) -> Resul
             }
             Reply::Created { pid }
         }
+        RequestBody::PauseContainer { container_id } => {
+            registry.pause(&container_id)?;
+            Reply::Empty
+        }
+        RequestBody::ResumeContainer { container_id } => {
+            registry.resume(&container_id)?;
+            Reply::Empty
+        }
+        RequestBody::ListProcesses { container_id } => Reply::Processes { processes: registry.processes(&container_id)? },
         RequestBody::RemoveContainer { container_id } => {
             registry.remove(&container_id)?;
             Reply::Empty

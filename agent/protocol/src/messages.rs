@@ -38,6 +38,11 @@ pub enum RequestBody {
         all: bool,
     },
     RemoveContainer { container_id: String },
+    /// Freeze / thaw every process of the container (cgroup freezer).
+    PauseContainer { container_id: String },
+    ResumeContainer { container_id: String },
+    /// The container's processes (guest pids and command lines).
+    ListProcesses { container_id: String },
 }
 
 /// The agent's answer to one request.
@@ -62,6 +67,18 @@ pub enum Reply {
     Handshake { version: u32, agent_version: String },
     /// Guest pid of a container's init.
     Created { pid: i32 },
+    Processes { processes: Vec<ProcessInfo> },
+}
+
+/// Longest command line reported per process; the rest is cut.
+pub const MAX_CMDLINE: usize = 4096;
+/// Most processes reported by one `list_processes`.
+pub const MAX_PROCESSES: usize = 4096;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub cmdline: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]

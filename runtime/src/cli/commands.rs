@@ -49,7 +49,7 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
             if state.status == Status::Stopped {
                 state.pid = None;
             }
-            println!("{}", serde_json::to_string_pretty(&state)?);
+            super::emit(&serde_json::to_string_pretty(&state)?);
             Ok(0)
         }
         Command::Kill { all, id, signal } => {
@@ -77,8 +77,25 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Exec(args) => super::exec::exec(cli, args),
+        Command::Pause { id } => simple_request(cli, id, ControlRequest::Pause, &[Status::Running]),
+        Command::Resume { id } => simple_request(cli, id, ControlRequest::Resume, &[Status::Paused]),
+        Command::Ps { format, id } => super::inspect::ps(cli, id, *format),
+        Command::List { format, quiet } => super::inspect::list(cli, *format, *quiet),
+        Command::Features => super::inspect::features(),
         Command::Supervise { bundle, ready_fd, id } => Ok(supervise(cli, bundle, *ready_fd, id, &config)),
     }
+}
+
+/// Send `req` to the supervisor of `id`, which must be in one of `allowed`.
+fn simple_request(cli: &Cli, id: &str, req: ControlRequest, allowed: &[Status]) -> Result<i32> {
+    let dir = StateDir::new(&cli.root, id)?;
+    let _lock = dir.lock_existing()?;
+    let status = supervisor::effective_status(&dir.read()?);
+    if !allowed.contains(&status) {
+        bail!("container {id} is {}", status.as_str());
+    }
+    control::request(&dir.control_socket(), &req, CONTROL_TIMEOUT)?;
+    Ok(0)
 }
 
 /// `run` without `-d`: this process is the supervisor, relaying its own stdio.

@@ -2,6 +2,7 @@
 
 mod commands;
 mod exec;
+mod inspect;
 mod logging;
 mod signal;
 
@@ -32,6 +33,12 @@ pub struct Cli {
     pub backend: BackendKind,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -85,6 +92,26 @@ pub enum Command {
     },
     /// Run another process in a running container.
     Exec(exec::ExecArgs),
+    /// Freeze every process of a running container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// List the processes of a container (guest pids).
+    Ps {
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        id: String,
+    },
+    /// List containers.
+    List {
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Print only the ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print the runtime-spec features this runtime supports, as JSON.
+    Features,
     /// Write a default config.json into the bundle directory.
     Spec {
         #[arg(short, long, default_value = ".")]
@@ -100,6 +127,14 @@ pub enum Command {
         ready_fd: i32,
         id: String,
     },
+}
+
+/// Print `text` and a newline on stdout. A reader that went away (`hull list | head`) is not
+/// an error worth a panic.
+pub(crate) fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.write_all(b"\n"));
 }
 
 /// Run the CLI; returns the process exit status.

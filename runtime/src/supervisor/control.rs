@@ -28,6 +28,10 @@ pub enum ControlRequest {
     Exec { exec_id: String, process: serde_json::Value },
     /// Answer once exec `exec_id` has ended, with its status.
     WaitExec { exec_id: String },
+    Pause,
+    Resume,
+    /// List the container's processes.
+    Ps,
     /// Stop the container and the VM now (`delete --force`).
     Destroy,
 }
@@ -39,11 +43,18 @@ pub struct ControlReply {
     /// Exit status, for `wait_exec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<i32>,
+    /// For `ps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<Vec<hull_protocol::ProcessInfo>>,
 }
 
 impl ControlReply {
+    pub fn failed(message: impl Into<String>) -> Self {
+        ControlReply { error: Some(message.into()), ..Default::default() }
+    }
+
     pub fn from_result(r: Result<()>) -> Self {
-        ControlReply { error: r.err().map(|e| format!("{e:#}")), status: None }
+        ControlReply { error: r.err().map(|e| format!("{e:#}")), ..Default::default() }
     }
 }
 
@@ -63,14 +74,14 @@ pub fn serve(path: &Path, tx: Sender<Incoming>) -> Result<()> {
 }
 
 fn handle(conn: UnixStream, tx: &Sender<Incoming>) {
-    let shutting_down = || ControlReply { error: Some("container supervisor is shutting down".into()), status: None };
+    let shutting_down = || ControlReply::failed("container supervisor is shutting down");
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
     let mut line = String::new();
     let reply = match BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line) {
-        Err(e) => ControlReply { error: Some(format!("reading request: {e}")), status: None },
+        Err(e) => ControlReply::failed(format!("reading request: {e}")),
         Ok(_) => match serde_json::from_str::<ControlRequest>(&line) {
-            Err(e) => ControlReply { error: Some(format!("malformed request: {e}")), status: None },
+            Err(e) => ControlReply::failed(format!("malformed request: {e}")),
             Ok(req) => {
                 let (reply_tx, reply_rx) = mpsc::channel();
                 match tx.send((req, reply_tx)) {

@@ -209,7 +209,7 @@ impl Supervisor {
                 {
                     tracing::info!(exec, status, "exec exited");
                     for waiter in self.exec_waiters.remove(&exec).unwrap_or_default() {
-                        let _ = waiter.send(ControlReply { error: None, status: Some(status) });
+                        let _ = waiter.send(ControlReply { status: Some(status), ..Default::default() });
                     }
                     self.exec_exits.insert(exec, status);
                 }
@@ -256,10 +256,22 @@ impl Supervisor {
             ControlRequest::WaitExec { exec_id } => {
                 match self.exec_exits.get(&exec_id) {
                     Some(status) => {
-                        let _ = reply.send(ControlReply { error: None, status: Some(*status) });
+                        let _ = reply.send(ControlReply { status: Some(*status), ..Default::default() });
                     }
                     None => self.exec_waiters.entry(exec_id).or_default().push(reply),
                 }
+                return None;
+            }
+            ControlRequest::Pause => self.pause(true),
+            ControlRequest::Resume => self.pause(false),
+            ControlRequest::Ps => {
+                let id = self.state.id.clone();
+                let answer = match self.sandbox.agent.call(RequestBody::ListProcesses { container_id: id }) {
+                    Ok(Reply::Processes { processes }) => ControlReply { processes: Some(processes), ..Default::default() },
+                    Ok(other) => ControlReply::failed(format!("agent answered ps with {other:?}")),
+                    Err(e) => ControlReply::failed(format!("{e:#}")),
+                };
+                let _ = reply.send(answer);
                 return None;
             }
             ControlRequest::Destroy => {
@@ -276,6 +288,19 @@ impl Supervisor {
             .agent
             .call(RequestBody::SignalProcess { container_id: self.state.id.clone(), exec_id, signal, all })
             .map(|_| ())
+    }
+
+    fn pause(&mut self, pause: bool) -> Result<()> {
+        let (from, to) = if pause { (Status::Running, Status::Paused) } else { (Status::Paused, Status::Running) };
+        if self.state.status != from {
+            bail!("cannot {} a container that is {}", if pause { "pause" } else { "resume" }, self.state.status.as_str());
+        }
+        let id = self.state.id.clone();
+        let call = if pause { RequestBody::PauseContainer { container_id: id } } else { RequestBody::ResumeContainer { container_id: id } };
+        self.sandbox.agent.call(call)?;
+        let mut state = self.state.clone();
+        state.status = to;
+        self.set_state(state)
     }
 
     fn exec(&mut self, exec_id: String, process: serde_json::Value) -> Result<()> {

@@ -1,0 +1,95 @@
+//! runc-compatible verbs beyond the lifecycle: pause/resume, ps, list, features, and runc-style
+//! error logging.
+
+use std::time::Duration;
+
+use hull_tests::{text, Env};
+
+#[test]
+fn pause_resume_ps_and_list() {
+    let env = Env::new("pause");
+    // A counter that stops advancing while the container is frozen.
+    let b = env.bundle("b", &["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"]);
+    b.edit(|c| c["root"]["readonly"] = false.into());
+    let out = env.hull_detached(&["run", "-d", "--bundle", b.path(), "c1"]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let count = || std::fs::read_to_string(b.rootfs().join("tmp/count")).unwrap_or_default();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let out = env.hull_out(&["ps", "--format", "json", "c1"]);
+    assert!(out.status.success(), "ps: {}", text(&out.stderr));
+    let pids: Vec<i64> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!pids.is_empty());
+    let out = env.hull_out(&["ps", "c1"]);
+    assert!(text(&out.stdout).contains("sh -c"), "{}", text(&out.stdout));
+
+    let out = env.hull_out(&["pause", "c1"]);
+    assert!(out.status.success(), "pause: {}", text(&out.stderr));
+    let state: serde_json::Value = serde_json::from_slice(&env.hull_out(&["state", "c1"]).stdout).unwrap();
+    assert_eq!(state["status"], "paused");
+    let frozen = count();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(), frozen, "the counter advanced while paused");
+    let out = env.hull_out(&["exec", "c1", "true"]);
+    assert!(!out.status.success(), "exec into a paused container succeeded");
+
+    let out = env.hull_out(&["resume", "c1"]);
+    assert!(out.status.success(), "resume: {}", text(&out.stderr));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_ne!(count(), frozen, "the counter did not advance after resume");
+    let out = env.hull_out(&["resume", "c1"]);
+    assert!(!out.status.success(), "resuming a running container succeeded");
+
+    let out = env.hull_out(&["list", "--format", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], "c1");
+    assert_eq!(list[0]["status"], "running");
+    let out = env.hull_out(&["list", "-q"]);
+    assert_eq!(text(&out.stdout), "c1\n");
+
+    let out = env.hull_out(&["delete", "--force", "c1"]);
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    env.assert_clean();
+}
+
+#[test]
+fn features_is_runtime_spec_json() {
+    let env = Env::new("features");
+    let out = env.hull_out(&["features"]);
+    assert!(out.status.success());
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["ociVersionMax"], "1.2.0");
+    assert_eq!(f["linux"]["seccomp"]["enabled"], true);
+    assert!(f["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n == "network"));
+}
+
+#[test]
+fn errors_go_to_the_log_file_in_json_and_to_stderr() {
+    let env = Env::new("logjson");
+    let log = env.dir.join("hull.log");
+    let out = env.hull_out(&["--log", log.to_str().unwrap(), "--log-format", "json", "state", "nope"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("does not exist"), "{}", text(&out.stderr));
+    let line = std::fs::read_to_string(&log).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    assert_eq!(entry["level"], "ERROR");
+    assert!(entry["fields"]["message"].as_str().unwrap().contains("does not exist"), "{line}");
+}
+
+#[test]
+fn bad_signal_and_wrong_state_are_refused() {
+    let env = Env::new("badsig");
+    let b = env.bundle("b", &["sleep", "300"]);
+    let out = env.hull_detached(&["create", "--bundle", b.path(), "c1"]);
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+    let out = env.hull_out(&["kill", "c1", "SIGNOPE"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("invalid signal"), "{}", text(&out.stderr));
+    // pause needs a running container; this one is only created.
+    let out = env.hull_out(&["pause", "c1"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("created"), "{}", text(&out.stderr));
+    let out = env.hull_out(&["delete", "c1"]);
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    env.assert_clean();
+}
