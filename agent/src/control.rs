@@ -15,6 +15,8 @@ use crate::vsock::{Listener, Stream};
 
 type Writer = Arc<Mutex<Stream>>;
 
+pub const READY_LINE: &str = "ready";
+
 /// Delivers events to the current host connection, queueing them while there is none.
 #[derive(Clone, Default)]
 pub struct EventSink(Arc<Mutex<SinkState>>);
@@ -60,6 +62,9 @@ impl SinkState {
 
 pub fn serve(registry: Arc<Registry>, events: EventSink) -> Result<()> {
     let listener = Listener::bind(CONTROL_PORT)?;
+    // The host waits for this line on the console before it dials (see the runtime's
+    // sandbox boot): dialing earlier races the guest's vsock driver.
+    log::info(READY_LINE);
     loop {
         // A failed accept or spawn loses one connection, never the VM.
         let conn = match listener.accept() {

@@ -52,6 +52,5 @@ fn run() -> anyhow::Result<()> {
         }
     });
     stdio::serve(registry.clone())?;
-    log::info("ready");
     control::serve(registry, events)
 }

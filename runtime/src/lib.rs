@@ -13,6 +13,7 @@ pub mod agent_client;
 pub mod assets;
 pub mod bundle;
 pub mod cli;
+pub mod hooks;
 pub mod hypervisor;
 pub mod network;
 pub mod process;

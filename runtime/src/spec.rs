@@ -15,8 +15,10 @@ pub fn share_subdir(container_id: &str) -> String {
 pub fn for_guest(raw: &Value, container_id: &str) -> Value {
     let mut spec = raw.clone();
     spec["root"]["path"] = json!(format!("{GUEST_SHARE_DIR}/{}/rootfs", share_subdir(container_id)));
-    if let Some(obj) = spec.as_object_mut() {
-        obj.remove("hooks");
+    // Only the hooks that run in the container's namespaces go to the guest; the rest run on
+    // the host (see `hooks`).
+    if let Some(hooks) = spec.get_mut("hooks").and_then(|h| h.as_object_mut()) {
+        hooks.retain(|point, _| point == "createContainer" || point == "startContainer");
     }
     if !spec["linux"].is_object() {
         spec["linux"] = json!({});
@@ -80,10 +82,11 @@ mod tests {
 
     #[test]
     fn guest_rewrite() {
-        let raw = json!({"ociVersion": "1.2.0", "root": {"path": "rootfs"}, "hooks": {"prestart": []}});
+        let raw = json!({"ociVersion": "1.2.0", "root": {"path": "rootfs"},
+            "hooks": {"prestart": [{"path": "/a"}], "createContainer": [{"path": "/b"}], "poststop": [{"path": "/c"}]}});
         let g = for_guest(&raw, "web");
         assert_eq!(g["root"]["path"], "/run/hull/share/containers/web/rootfs");
-        assert!(g.get("hooks").is_none());
+        assert_eq!(g["hooks"], json!({"createContainer": [{"path": "/b"}]}));
         assert_eq!(g["linux"]["cgroupsPath"], "/hull/web");
     }
 

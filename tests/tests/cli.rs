@@ -93,3 +93,48 @@ fn bad_signal_and_wrong_state_are_refused() {
     assert!(out.status.success(), "delete: {}", text(&out.stderr));
     env.assert_clean();
 }
+
+#[test]
+fn hooks_run_in_order_with_state_on_stdin() {
+    let env = Env::new("hooks");
+    let b = env.bundle("b", &["sh", "-c", "cat /tmp/started-in-guest"]);
+    let order = env.dir.join("order");
+    let host_hook = |name: &str| {
+        serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r state; echo \"{name} $state\" >> {}", order.display())]})
+    };
+    b.edit(|c| {
+        c["root"]["readonly"] = false.into();
+        c["hooks"] = serde_json::json!({
+            "prestart": [host_hook("prestart")],
+            "createRuntime": [host_hook("createRuntime")],
+            "poststart": [host_hook("poststart")],
+            "poststop": [host_hook("poststop")],
+            // Runs inside the guest, in the container, before the process starts.
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo guest-hook > /tmp/started-in-guest"]}]
+        });
+    });
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "guest-hook\n");
+    let lines = std::fs::read_to_string(&order).unwrap();
+    let names: Vec<&str> = lines.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(names, ["prestart", "createRuntime", "poststart", "poststop"], "{lines}");
+    let state: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap().split_once(' ').unwrap().1).unwrap();
+    assert_eq!(state["id"], "c1");
+    assert_eq!(state["bundle"], b.path());
+    env.assert_clean();
+}
+
+#[test]
+fn a_failing_create_runtime_hook_fails_create_and_leaves_nothing() {
+    let env = Env::new("hookfail");
+    let b = env.bundle("b", &["true"]);
+    b.edit(|c| {
+        c["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 3"]}]});
+    });
+    let out = env.hull_detached(&["create", "--bundle", b.path(), "c1"]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("createRuntime") && stderr.contains("nope"), "{stderr}");
+    env.assert_clean();
+}

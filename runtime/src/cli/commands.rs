@@ -117,6 +117,9 @@ fn run_foreground(cli: &Cli, bundle: &Path, pid_file: Option<&Path>, id: &str, c
         Ok(sup.serve())
     })();
     // runc's `run` removes the container once it has exited.
+    if let Ok(state) = dir.read() {
+        run_poststop(&state);
+    }
     dir.remove()?;
     result
 }
@@ -267,7 +270,22 @@ fn delete(cli: &Cli, id: &str, force: bool) -> Result<()> {
         }
         status => bail!("cannot delete container {id} that is {}; stop it first or use --force", status.as_str()),
     }
+    run_poststop(&state);
     dir.remove()
+}
+
+/// poststop hooks, from the bundle's config (failures are logged: runtime-spec).
+fn run_poststop(state: &crate::state::State) {
+    let config = state.bundle.join("config.json");
+    let hooks = std::fs::read(&config)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<oci_spec::runtime::Spec>(&b).ok())
+        .and_then(|s| s.hooks().clone());
+    let mut stopped = state.clone();
+    stopped.status = Status::Stopped;
+    if let Err(e) = crate::hooks::run(hooks.as_ref(), crate::hooks::Point::Poststop, &stopped) {
+        tracing::warn!("{e:#}");
+    }
 }
 
 /// Tell the supervisor to stop the container and its VM, and wait for it to be gone.

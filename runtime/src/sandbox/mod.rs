@@ -95,10 +95,13 @@ impl Sandbox {
         tracing::info!(backend = hypervisor.name(), "VM started; waiting for the agent");
 
         let vsock_socket = dir.vsock_socket();
-        let (agent, notices) = AgentClient::connect(&vsock_socket, started + BOOT_TIMEOUT, || {
-            procs.iter_mut().try_for_each(|p| p.check_alive())
-        })
-        .with_context(|| format!("booting the sandbox (guest console: {})", dir.console_log().display()))?;
+        let deadline = started + BOOT_TIMEOUT;
+        let booted = wait_for_agent_banner(&dir.console_log(), deadline, &mut procs).and_then(|()| {
+            AgentClient::connect(&vsock_socket, deadline, || procs.iter_mut().try_for_each(|p| p.check_alive()))
+        });
+        let (agent, notices) = booted.with_context(|| {
+            format!("booting the sandbox (guest console {}: {})", dir.console_log().display(), console_tail(&dir.console_log()))
+        })?;
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "agent ready");
         Ok(Sandbox { agent, notices, procs, vsock_socket })
     }
@@ -124,4 +127,34 @@ impl Sandbox {
             proc.stop(Duration::from_millis(500));
         }
     }
+}
+
+/// What the agent prints on the console once its control port listens.
+const AGENT_BANNER: &[u8] = b"hull-agent: ready";
+
+/// Wait until the agent says on the console that it listens. Dialing vsock before the guest's
+/// driver is up leaves requests stranded in the backend; the console is only a hint (the
+/// handshake that follows is what is trusted).
+fn wait_for_agent_banner(console: &Path, deadline: Instant, procs: &mut [ChildProc]) -> Result<()> {
+    loop {
+        procs.iter_mut().try_for_each(|p| p.check_alive())?;
+        if let Ok(text) = fs::read(console) {
+            if text.windows(AGENT_BANNER.len()).any(|w| w == AGENT_BANNER) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the guest agent did not start within {BOOT_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The last lines of the guest console, for error messages.
+fn console_tail(console: &Path) -> String {
+    let text = fs::read(console).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text[text.len().saturating_sub(600)..]).into_owned();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(4)..].join(" | ");
+    if tail.is_empty() { "empty".into() } else { format!("last lines: {tail}") }
 }

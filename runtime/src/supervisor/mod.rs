@@ -25,6 +25,7 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::agent_client::AgentNotice;
 use crate::assets::Assets;
 use crate::bundle::Bundle;
+use crate::hooks;
 use crate::hypervisor::Nic;
 use crate::network;
 use crate::sandbox::{Sandbox, SandboxConfig, SharedRootfs};
@@ -53,6 +54,7 @@ pub struct Supervisor {
     sandbox: Sandbox,
     /// Dropped (taps closed, redirects removed) after the sandbox is shut down.
     network: Option<network::Attachment>,
+    hooks: Option<oci_spec::runtime::Hooks>,
     relays: Option<stdio::Relays>,
     /// Statuses of exec'd processes that ended, and the `wait_exec` callers still waiting.
     exec_exits: HashMap<String, i32>,
@@ -109,6 +111,9 @@ impl Supervisor {
         }
         // On any error, dropping the sandbox stops the VM and its daemons.
         let relays = stdio::attach(sandbox.vsock_socket(), &id, None)?;
+        let hooks = bundle.spec.hooks().clone();
+        hooks::run(hooks.as_ref(), hooks::Point::Prestart, &state)?;
+        hooks::run(hooks.as_ref(), hooks::Point::CreateRuntime, &state)?;
 
         let (tx, rx) = mpsc::channel();
         let mut sup = Supervisor {
@@ -116,6 +121,7 @@ impl Supervisor {
             state,
             sandbox,
             network,
+            hooks,
             relays: Some(relays),
             tx,
             rx,
@@ -195,7 +201,12 @@ impl Supervisor {
         self.sandbox.agent.call(RequestBody::StartContainer { container_id: self.state.id.clone() })?;
         let mut state = self.state.clone();
         state.status = Status::Running;
-        self.set_state(state)
+        self.set_state(state)?;
+        // A failing poststart hook is logged; the container keeps running (runtime-spec).
+        if let Err(e) = hooks::run(self.hooks.as_ref(), hooks::Point::Poststart, &self.state) {
+            tracing::warn!("{e:#}");
+        }
+        Ok(())
     }
 
     /// Serve until the container's init ends; returns its exit status. The VM is gone and
