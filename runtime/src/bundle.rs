@@ -7,6 +7,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+/// A bind mount of config.json, shared into the guest over virtio-fs.
+#[derive(Debug, Clone)]
+pub struct BindMount {
+    /// Position in `mounts`, which names its place in the share.
+    pub index: usize,
+    /// Canonical host path.
+    pub source: PathBuf,
+    pub is_dir: bool,
+}
+
 /// A bundle whose config.json parsed and whose rootfs exists.
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -19,6 +29,7 @@ pub struct Bundle {
     pub raw: serde_json::Value,
     /// The network namespace to attach the VM to (`None`: a new, loopback-only one).
     pub netns: Option<PathBuf>,
+    pub binds: Vec<BindMount>,
 }
 
 impl Bundle {
@@ -55,7 +66,30 @@ impl Bundle {
             }
         }
         let netns = Self::network_namespace(&spec, &config)?;
-        Ok(Bundle { dir, spec, rootfs, raw, netns })
+        let binds = Self::bind_mounts(&spec, &dir, &config)?;
+        Ok(Bundle { dir, spec, rootfs, raw, netns, binds })
+    }
+
+    /// Bind mounts reach the guest through the share; only directories and regular files can.
+    fn bind_mounts(spec: &Spec, dir: &Path, config: &Path) -> Result<Vec<BindMount>> {
+        use std::os::unix::fs::FileTypeExt;
+        let mut binds = Vec::new();
+        for (index, mount) in spec.mounts().clone().unwrap_or_default().iter().enumerate() {
+            let options = mount.options().clone().unwrap_or_default();
+            let is_bind = mount.typ().as_deref() == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind");
+            if !is_bind {
+                continue;
+            }
+            let field = format!("{}: field `mounts[{index}].source`", config.display());
+            let source = mount.source().as_ref().ok_or_else(|| anyhow!("{field} is missing"))?;
+            let source = dir.join(source).canonicalize().map_err(|e| anyhow!("{field}: {}: {e}", source.display()))?;
+            let kind = std::fs::metadata(&source).map_err(|e| anyhow!("{field}: {}: {e}", source.display()))?.file_type();
+            if kind.is_block_device() || kind.is_char_device() || kind.is_socket() || kind.is_fifo() {
+                bail!("{field}: {} is a device, socket or FIFO, which cannot be shared into a VM", source.display());
+            }
+            binds.push(BindMount { index, source, is_dir: kind.is_dir() });
+        }
+        Ok(binds)
     }
 
     /// A VM cannot join the host's network: refuse a config without a network namespace.

@@ -12,9 +12,14 @@ pub fn share_subdir(container_id: &str) -> String {
 
 /// Rewrite a bundle's config for the guest: the rootfs becomes the virtio-fs path, host-side
 /// hooks stay on the host, and the guest cgroup is ours to name.
-pub fn for_guest(raw: &Value, container_id: &str) -> Value {
+pub fn for_guest(raw: &Value, container_id: &str, binds: &[crate::bundle::BindMount]) -> Value {
     let mut spec = raw.clone();
-    spec["root"]["path"] = json!(format!("{GUEST_SHARE_DIR}/{}/rootfs", share_subdir(container_id)));
+    let base = format!("{GUEST_SHARE_DIR}/{}", share_subdir(container_id));
+    spec["root"]["path"] = json!(format!("{base}/rootfs"));
+    // Bind sources are where the share exposes them.
+    for bind in binds {
+        spec["mounts"][bind.index]["source"] = json!(format!("{base}/mounts/{}", bind.index));
+    }
     // Only the hooks that run in the container's namespaces go to the guest; the rest run on
     // the host (see `hooks`).
     if let Some(hooks) = spec.get_mut("hooks").and_then(|h| h.as_object_mut()) {
@@ -84,7 +89,7 @@ mod tests {
     fn guest_rewrite() {
         let raw = json!({"ociVersion": "1.2.0", "root": {"path": "rootfs"},
             "hooks": {"prestart": [{"path": "/a"}], "createContainer": [{"path": "/b"}], "poststop": [{"path": "/c"}]}});
-        let g = for_guest(&raw, "web");
+        let g = for_guest(&raw, "web", &[]);
         assert_eq!(g["root"]["path"], "/run/hull/share/containers/web/rootfs");
         assert_eq!(g["hooks"], json!({"createContainer": [{"path": "/b"}]}));
         assert_eq!(g["linux"]["cgroupsPath"], "/hull/web");
@@ -93,9 +98,9 @@ mod tests {
     #[test]
     fn named_netns_is_replaced_by_the_guest_one_but_a_new_one_is_kept() {
         let named = json!({"root": {"path": "r"}, "linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}, {"type": "pid"}]}});
-        assert_eq!(for_guest(&named, "c")["linux"]["namespaces"], json!([{"type": "pid"}]));
+        assert_eq!(for_guest(&named, "c", &[])["linux"]["namespaces"], json!([{"type": "pid"}]));
         let fresh = json!({"root": {"path": "r"}, "linux": {"namespaces": [{"type": "network"}]}});
-        assert_eq!(for_guest(&fresh, "c")["linux"]["namespaces"], json!([{"type": "network"}]));
+        assert_eq!(for_guest(&fresh, "c", &[])["linux"]["namespaces"], json!([{"type": "network"}]));
     }
 
     #[test]

@@ -68,3 +68,51 @@ fn the_seccomp_profile_is_enforced_in_the_guest() {
     assert!(!b.rootfs().join("tmp/blocked").exists());
     env.assert_clean();
 }
+
+#[test]
+fn bind_mounts_reach_the_guest_rw_ro_and_files() {
+    let env = Env::new("binds");
+    let rw = env.dir.join("rw-dir");
+    let ro = env.dir.join("ro-dir");
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(ro.join("data"), "read me").unwrap();
+    let file = env.dir.join("single.conf");
+    std::fs::write(&file, "key=value\n").unwrap();
+    let b = env.bundle(
+        "b",
+        &["sh", "-c", "echo written > /mnt/rw/out; cat /mnt/ro/data; echo; touch /mnt/ro/x 2>&1 || echo RO-REFUSED; cat /etc/single.conf"],
+    );
+    std::fs::create_dir_all(b.rootfs().join("mnt")).unwrap();
+    b.edit(|c| {
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": "/mnt/rw", "type": "bind", "source": rw, "options": ["rbind", "rw"]}));
+        mounts.push(json!({"destination": "/mnt/ro", "type": "bind", "source": ro, "options": ["rbind", "ro"]}));
+        mounts.push(json!({"destination": "/etc/single.conf", "type": "bind", "source": file, "options": ["bind", "ro"]}));
+    });
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(rw.join("out")).unwrap(), "written\n");
+    assert!(stdout.contains("read me"), "{stdout}");
+    assert!(stdout.contains("RO-REFUSED"), "{stdout}");
+    assert!(!ro.join("x").exists());
+    assert!(stdout.contains("key=value"), "{stdout}");
+    env.assert_clean();
+}
+
+#[test]
+fn a_bind_mount_of_a_socket_is_refused_naming_the_mount() {
+    let env = Env::new("bindsock");
+    let sock_path = env.dir.join("app.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let b = env.bundle("b", &["true"]);
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/app.sock", "type": "bind", "source": sock_path, "options": ["bind"]}));
+    });
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("mounts[") && stderr.contains("socket"), "{stderr}");
+    env.assert_clean();
+}

@@ -42,10 +42,34 @@ impl Default for SandboxConfig {
     }
 }
 
-/// A container's root filesystem to expose in the share at `share/<subdir>/rootfs`.
+/// What one container exposes in the share, under `share/<subdir>/`: its root filesystem at
+/// `rootfs`, and each bind mount source at `mounts/<n>`.
 pub struct SharedRootfs {
     pub host_path: PathBuf,
     pub subdir: String,
+    pub binds: Vec<crate::bundle::BindMount>,
+}
+
+impl SharedRootfs {
+    /// `(host source, share path)` pairs, creating each mountpoint (a directory, or an empty
+    /// file for a file source).
+    fn mounts(&self, share: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
+        let base = share.join(&self.subdir);
+        let rootfs = base.join("rootfs");
+        fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
+        let mut pairs = vec![(self.host_path.clone(), rootfs)];
+        for bind in &self.binds {
+            let target = base.join("mounts").join(bind.index.to_string());
+            if bind.is_dir {
+                fs::create_dir_all(&target)?;
+            } else {
+                fs::create_dir_all(base.join("mounts"))?;
+                fs::File::create(&target)?;
+            }
+            pairs.push((bind.source.clone(), target));
+        }
+        Ok(pairs)
+    }
 }
 
 pub struct Sandbox {
@@ -65,15 +89,13 @@ impl Sandbox {
         nics: Vec<Nic>,
     ) -> Result<Sandbox> {
         let hypervisor = hypervisor::select(config.backend, assets)?;
-        let share = dir.share_dir();
-        let mountpoint = share.join(&rootfs.subdir).join("rootfs");
-        fs::create_dir_all(&mountpoint).with_context(|| format!("creating {}", mountpoint.display()))?;
+        let binds = rootfs.mounts(&dir.share_dir())?;
 
         let mut procs = Vec::new();
         let mut vsock = vsock_backend::spawn(&assets.vsock_backend, dir, GUEST_CID)?;
         crate::process::wait_for_path(&dir.vhost_vsock_socket(), &mut vsock, Duration::from_secs(10))?;
         procs.push(vsock);
-        let mut fs_daemon = virtiofsd::spawn(&assets.virtiofsd, dir, &rootfs.host_path, &mountpoint)?;
+        let mut fs_daemon = virtiofsd::spawn(&assets.virtiofsd, dir, &binds)?;
         crate::process::wait_for_path(&dir.virtiofsd_socket(), &mut fs_daemon, Duration::from_secs(10))?;
         procs.push(fs_daemon);
 

@@ -1,13 +1,13 @@
 //! virtiofsd exports the sandbox's share directory to the guest.
 //!
-//! The container rootfs is bind-mounted into the share inside a mount namespace private to
-//! virtiofsd: the mount exists only while virtiofsd does, so no crash of ours can leak it on
-//! the host.
+//! The container rootfs and its bind mounts are bind-mounted into the share inside a mount
+//! namespace private to virtiofsd: the mounts exist only while virtiofsd does, so no crash of
+//! ours can leak them on the host.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
@@ -15,10 +15,19 @@ use anyhow::{Context, Result};
 use crate::process::ChildProc;
 use crate::state::StateDir;
 
-pub fn spawn(binary: &Path, dir: &StateDir, rootfs: &Path, mountpoint: &Path) -> Result<ChildProc> {
+/// Start virtiofsd with each `(host source, mountpoint in the share)` bind-mounted first; the
+/// mountpoints must exist.
+pub fn spawn(binary: &Path, dir: &StateDir, binds: &[(PathBuf, PathBuf)]) -> Result<ChildProc> {
     let log = std::fs::File::create(dir.dir.join("virtiofsd.log"))?;
-    let source = CString::new(rootfs.as_os_str().as_bytes()).context("rootfs path")?;
-    let target = CString::new(mountpoint.as_os_str().as_bytes()).context("share path")?;
+    let binds: Vec<(CString, CString)> = binds
+        .iter()
+        .map(|(src, dst)| {
+            Ok((
+                CString::new(src.as_os_str().as_bytes()).context("bind source path")?,
+                CString::new(dst.as_os_str().as_bytes()).context("share path")?,
+            ))
+        })
+        .collect::<Result<_>>()?;
     let mut cmd = Command::new(binary);
     cmd.arg(format!("--socket-path={}", dir.virtiofsd_socket().display()))
         .arg(format!("--shared-dir={}", dir.share_dir().display()))
@@ -38,8 +47,11 @@ pub fn spawn(binary: &Path, dir: &StateDir, rootfs: &Path, mountpoint: &Path) ->
             if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0 {
-                return Err(std::io::Error::last_os_error());
+            for (source, target) in &binds {
+                let flags = libc::MS_BIND | libc::MS_REC;
+                if libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

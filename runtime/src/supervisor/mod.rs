@@ -93,7 +93,8 @@ impl Supervisor {
         };
         dir.write(&state)?;
 
-        let rootfs = SharedRootfs { host_path: bundle.rootfs.clone(), subdir: spec::share_subdir(&id) };
+        let rootfs =
+            SharedRootfs { host_path: bundle.rootfs.clone(), subdir: spec::share_subdir(&id), binds: bundle.binds.clone() };
         let network = bundle.netns.as_deref().map(network::attach).transpose()?;
         let nics = network.iter().flat_map(|n| &n.taps).map(|t| Nic { tap_fd: t.fd.as_raw_fd(), mac: t.mac.clone() }).collect();
         let sandbox = Sandbox::boot(&dir, &assets, config, &rootfs, nics)?;
@@ -103,7 +104,7 @@ impl Supervisor {
                 .call(RequestBody::ConfigureNetwork { interfaces: net.interfaces.clone(), routes: net.routes.clone() })
                 .context("configuring the guest network")?;
         }
-        let guest_spec = spec::for_guest(&bundle.raw, &id);
+        let guest_spec = spec::for_guest(&bundle.raw, &id, &bundle.binds);
         match sandbox.agent.call(RequestBody::CreateContainer { container_id: id.clone(), spec: guest_spec }) {
             Ok(Reply::Created { pid }) => tracing::info!(guest_pid = pid, "container created"),
             Ok(other) => bail!("agent answered create with {other:?}"),
