@@ -138,3 +138,53 @@ fn a_failing_create_runtime_hook_fails_create_and_leaves_nothing() {
     assert!(stderr.contains("createRuntime") && stderr.contains("nope"), "{stderr}");
     env.assert_clean();
 }
+
+#[test]
+fn twenty_parallel_creates_all_succeed_and_racing_verbs_never_corrupt_state() {
+    let env = Env::new("parallel");
+    let b = env.bundle("b", &["sleep", "300"]);
+    let ids: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+    std::thread::scope(|s| {
+        for id in &ids {
+            let (env, b) = (&env, &b);
+            s.spawn(move || {
+                let out = env.hull_detached(&["create", "--bundle", b.path(), id]);
+                assert!(out.status.success(), "create {id}: {}", text(&out.stderr));
+            });
+        }
+    });
+    let out = env.hull_out(&["list", "--format", "json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.len(), 20);
+    assert!(list.iter().all(|s| s["status"] == "created"), "{list:?}");
+
+    // Race start/kill/state/delete on one id: every `state` that succeeds parses.
+    std::thread::scope(|s| {
+        let env = &env;
+        s.spawn(move || {
+            for _ in 0..30 {
+                let out = env.hull_out(&["state", "p0"]);
+                if out.status.success() {
+                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("state JSON corrupted");
+                    assert_eq!(v["id"], "p0");
+                }
+            }
+        });
+        s.spawn(move || {
+            let _ = env.hull_out(&["start", "p0"]);
+            let _ = env.hull_out(&["kill", "p0", "KILL"]);
+            let _ = env.hull_out(&["delete", "--force", "p0"]);
+        });
+    });
+    std::thread::scope(|s| {
+        for id in &ids[1..] {
+            let env = &env;
+            s.spawn(move || {
+                let out = env.hull_out(&["delete", id]);
+                assert!(out.status.success(), "delete {id}: {}", text(&out.stderr));
+            });
+        }
+    });
+    let _ = env.hull_out(&["delete", "--force", "p0"]);
+    env.assert_clean();
+}
