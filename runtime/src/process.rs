@@ -62,17 +62,25 @@ impl ChildProc {
 
     /// SIGTERM, then SIGKILL after `grace`; always reaps.
     pub fn stop(&mut self, grace: Duration) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
+        self.signal(libc::SIGTERM);
+        self.reap_by(Instant::now() + grace);
+    }
+
+    /// Send `sig` unless the process was already reaped.
+    pub fn signal(&mut self, sig: i32) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own child, which we have not reaped, so the pid is still ours.
+            unsafe { libc::kill(self.child.id() as i32, sig) };
         }
-        // SAFETY: kill(2) on our own child, which we have not reaped, so the pid is still ours.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + grace;
+    }
+
+    /// Wait for the process to end until `deadline`, then SIGKILL it; always reaps.
+    pub fn reap_by(&mut self, deadline: Instant) {
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(2));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

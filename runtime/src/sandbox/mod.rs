@@ -142,11 +142,16 @@ impl Sandbox {
         &self.vsock_socket
     }
 
-    /// Stop the VM and its daemons. Nothing persists in the guest, so the VMM is not asked to
-    /// shut down politely.
+    /// Stop the VM and its daemons, all at once. Nothing persists in the guest (virtio-fs
+    /// writes are synchronous), so the VMM is killed outright; the daemons get a moment to
+    /// exit on their own.
     pub fn shutdown(&mut self) {
+        for (i, proc) in self.procs.iter_mut().enumerate() {
+            proc.signal(if i == 0 { libc::SIGKILL } else { libc::SIGTERM });
+        }
+        let deadline = Instant::now() + Duration::from_millis(200);
         for proc in &mut self.procs {
-            proc.stop(Duration::from_millis(500));
+            proc.reap_by(deadline);
         }
     }
 }
