@@ -82,7 +82,19 @@ pub fn attach(path: &Path) -> Result<Attachment> {
     Ok(Attachment { netns_path: path.to_path_buf(), netns, taps, veth_indexes, interfaces, routes, detached: false })
 }
 
+/// What must be undone in a namespace if the supervisor dies before it can detach; kept in
+/// the container's state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    pub netns: PathBuf,
+    pub veth_indexes: Vec<u32>,
+}
+
 impl Attachment {
+    pub fn record(&self) -> Record {
+        Record { netns: self.netns_path.clone(), veth_indexes: self.veth_indexes.clone() }
+    }
+
     /// Remove the redirect from every veth (the taps go with their last fd).
     pub fn detach(&mut self) {
         if self.detached {
@@ -90,17 +102,31 @@ impl Attachment {
         }
         self.detached = true;
         self.taps.clear();
-        let indexes = self.veth_indexes.clone();
-        let result = in_netns(&self.netns, |handle| async move {
-            for index in indexes {
-                remove_ingress(&handle, index).await?;
-            }
-            Ok(())
-        });
-        if let Err(e) = result {
+        if let Err(e) = remove_redirects(&self.netns, self.veth_indexes.clone()) {
             tracing::warn!("detaching from {}: {e:#}", self.netns_path.display());
         }
     }
+}
+
+/// Undo an attachment whose supervisor died (`hull delete` of a crashed container). The taps
+/// died with their fds; the veths' ingress qdiscs remain until removed here.
+pub fn clean_up(record: &Record) -> Result<()> {
+    let netns = match File::open(&record.netns) {
+        Ok(f) => f,
+        // The namespace is gone, and everything in it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(anyhow!("network namespace {}: {e}", record.netns.display())),
+    };
+    remove_redirects(&netns, record.veth_indexes.clone())
+}
+
+fn remove_redirects(netns: &File, indexes: Vec<u32>) -> Result<()> {
+    in_netns(netns, |handle| async move {
+        for index in indexes {
+            remove_ingress(&handle, index).await?;
+        }
+        Ok(())
+    })
 }
 
 impl Drop for Attachment {

@@ -58,6 +58,9 @@ pub struct State {
     pub created: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<i32>,
+    /// Redirects installed in a container network namespace, for clean-up after a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::Record>,
 }
 
 /// Paths of one container's state directory.
@@ -196,6 +199,7 @@ mod tests {
             annotations: Default::default(),
             created: now_rfc3339(),
             exit_status: None,
+            network: None,
         };
         dir.write(&state).unwrap();
         let back = dir.read().unwrap();

@@ -185,3 +185,36 @@ fn twenty_create_delete_cycles_leave_nothing_behind() {
         assert_eq!(net.residue(), "", "cycle {i}: left in the namespace");
     }
 }
+
+#[test]
+fn a_killed_supervisor_takes_its_vm_along_and_delete_cleans_the_namespace() {
+    let env = Env::new("supkill");
+    let net = Net::new("sup", 4);
+    let b = httpd_bundle(&env, &net);
+    let out = env.hull_detached(&["run", "-d", "--bundle", b.path(), "web"]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    assert!(curl("http://10.201.4.2:8000/hello", Duration::from_secs(30)).is_some());
+    let state: serde_json::Value = serde_json::from_slice(&env.hull_out(&["state", "web"]).stdout).unwrap();
+    let pid = state["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill(2) of the supervisor this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state: serde_json::Value = serde_json::from_slice(&env.hull_out(&["state", "web"]).stdout).unwrap();
+        if state["status"] == "stopped" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a dead supervisor is still reported {}", state["status"]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its VM and daemons died with it (parent-death signal).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.find_process("qemu").is_some() || env.find_process("virtiofsd").is_some() {
+        assert!(Instant::now() < deadline, "sandbox processes outlived their supervisor");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = env.hull_out(&["delete", "web"]);
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    env.assert_clean();
+    assert_eq!(net.residue(), "", "the crashed sandbox's redirect was left in the namespace");
+}

@@ -270,6 +270,14 @@ fn delete(cli: &Cli, id: &str, force: bool) -> Result<()> {
         }
         status => bail!("cannot delete container {id} that is {}; stop it first or use --force", status.as_str()),
     }
+    // A supervisor that died without recording the exit could not undo its network set-up.
+    if state.status != Status::Stopped {
+        if let Some(record) = &state.network {
+            if let Err(e) = crate::network::clean_up(record) {
+                tracing::warn!("cleaning up the network of {id}: {e:#}");
+            }
+        }
+    }
     run_poststop(&state);
     dir.remove()
 }

@@ -90,12 +90,17 @@ impl Supervisor {
             annotations: bundle.raw["annotations"].as_object().cloned().unwrap_or_default(),
             created: now_rfc3339(),
             exit_status: None,
+            network: None,
         };
         dir.write(&state)?;
 
         let rootfs =
             SharedRootfs { host_path: bundle.rootfs.clone(), subdir: spec::share_subdir(&id), binds: bundle.binds.clone() };
         let network = bundle.netns.as_deref().map(network::attach).transpose()?;
+        if let Some(net) = &network {
+            state.network = Some(net.record());
+            dir.write(&state)?;
+        }
         let nics = network.iter().flat_map(|n| &n.taps).map(|t| Nic { tap_fd: t.fd.as_raw_fd(), mac: t.mac.clone() }).collect();
         let sandbox = Sandbox::boot(&dir, &assets, config, &rootfs, nics)?;
         if let Some(net) = &network {
