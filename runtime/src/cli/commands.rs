@@ -264,10 +264,7 @@ fn delete(cli: &Cli, id: &str, force: bool) -> Result<()> {
         Status::Stopped => {}
         Status::Creating => bail!("container {id} is still being created; try again once `create` has returned"),
         Status::Created => destroy(&dir, &state)?,
-        status if force => {
-            let _ = status;
-            destroy(&dir, &state)?
-        }
+        _ if force => destroy(&dir, &state)?,
         status => bail!("cannot delete container {id} that is {}; stop it first or use --force", status.as_str()),
     }
     // A supervisor that died without recording the exit could not undo its network set-up.
