@@ -5,6 +5,9 @@ use serde_json::{json, Value};
 /// Guest path of the virtio-fs share (must match the agent).
 pub const GUEST_SHARE_DIR: &str = "/run/hull/share";
 
+/// The guest namespace holding the mirrored NICs.
+pub const GUEST_NETNS: &str = hull_protocol::network::SANDBOX_NETNS;
+
 /// Share-relative directory of a container's files (its rootfs sits below it).
 pub fn share_subdir(container_id: &str) -> String {
     format!("containers/{container_id}")
@@ -29,10 +32,13 @@ pub fn for_guest(raw: &Value, container_id: &str, binds: &[crate::bundle::BindMo
         spec["linux"] = json!({});
     }
     spec["linux"]["cgroupsPath"] = json!(format!("/hull/{container_id}"));
-    // A named network namespace is mirrored by the guest's own (its NICs are the veths'
-    // twins), so the container joins the guest's namespace instead of making a new one.
+    // A named network namespace is mirrored in the guest (its NICs are the veths' twins, in
+    // the agent's sandbox namespace), so the container joins that one instead of making a
+    // new one.
     if let Some(namespaces) = spec["linux"]["namespaces"].as_array_mut() {
-        namespaces.retain(|ns| !(ns["type"] == "network" && ns.get("path").is_some()));
+        for ns in namespaces.iter_mut().filter(|ns| ns["type"] == "network" && ns.get("path").is_some()) {
+            ns["path"] = json!(GUEST_NETNS);
+        }
     }
     spec
 }
@@ -98,7 +104,10 @@ mod tests {
     #[test]
     fn named_netns_is_replaced_by_the_guest_one_but_a_new_one_is_kept() {
         let named = json!({"root": {"path": "r"}, "linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}, {"type": "pid"}]}});
-        assert_eq!(for_guest(&named, "c", &[])["linux"]["namespaces"], json!([{"type": "pid"}]));
+        assert_eq!(
+            for_guest(&named, "c", &[])["linux"]["namespaces"],
+            json!([{"type": "network", "path": "/run/hull/netns/sandbox"}, {"type": "pid"}])
+        );
         let fresh = json!({"root": {"path": "r"}, "linux": {"namespaces": [{"type": "network"}]}});
         assert_eq!(for_guest(&fresh, "c", &[])["linux"]["namespaces"], json!([{"type": "network"}]));
     }

@@ -5,6 +5,10 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+/// Guest path of the network namespace that holds the mirrored NICs; containers of a
+/// sandbox with a named network namespace join it.
+pub const SANDBOX_NETNS: &str = "/run/hull/netns/sandbox";
+
 pub const MAX_INTERFACES: usize = 16;
 pub const MAX_ADDRESSES: usize = 64;
 pub const MAX_ROUTES: usize = 256;
