@@ -1,0 +1,65 @@
+//! podman 4.3 (Debian) driving hull through conmon, with an image imported from a local
+//! tarball (no registry here). podman talks to hull through a wrapper that points it at this
+//! checkout's assets, since conmon does not pass our environment through.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use hull_tests::{hull_bin, text, Env};
+
+const IMAGE: &str = "localhost/hull-e2e-busybox";
+
+struct Podman {
+    env: Env,
+    runtime: String,
+}
+
+impl Podman {
+    fn new(name: &str) -> Podman {
+        let env = Env::new(name);
+        let wrapper = env.dir.join("hull-runtime");
+        let assets = std::env::var("HULL_ASSET_DIR").unwrap_or_else(|_| "/usr/local/share/hull".into());
+        std::fs::write(&wrapper, format!("#!/bin/sh\nHULL_ASSET_DIR={assets} exec {} \"$@\"\n", hull_bin().display())).unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The image: a busybox rootfs, imported from a tarball.
+        let b = env.bundle("image", &["true"]);
+        let tar = env.dir.join("rootfs.tar");
+        assert!(Command::new("tar").arg("-C").arg(b.rootfs()).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
+        let out = Command::new("podman").args(["import", tar.to_str().unwrap(), IMAGE]).output().unwrap();
+        assert!(out.status.success(), "podman import: {}", text(&out.stderr));
+        Podman { runtime: wrapper.to_str().unwrap().to_string(), env }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("podman").arg("--runtime").arg(&self.runtime).args(args).output().unwrap()
+    }
+}
+
+#[test]
+fn podman_run_exit_codes_detach_logs_exec_stop_rm() {
+    let p = Podman::new("podman");
+    let out = p.run(&["run", "--rm", "--network", "none", IMAGE, "echo", "hello from a VM"]);
+    assert_eq!(text(&out.stdout), "hello from a VM\n", "stderr: {}", text(&out.stderr));
+    let out = p.run(&["run", "--rm", "--network", "none", IMAGE, "sh", "-c", "exit 42"]);
+    assert_eq!(out.status.code(), Some(42), "stderr: {}", text(&out.stderr));
+
+    let _ = p.run(&["rm", "-f", "hull-e2e-web"]);
+    let out = p.run(&["run", "-d", "--name", "hull-e2e-web", "--hostname", "vmhost", "-e", "GREETING=hi", IMAGE, "sh", "-c", "echo started; sleep 300"]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    std::thread::sleep(Duration::from_secs(1));
+    let out = p.run(&["logs", "hull-e2e-web"]);
+    assert!(text(&out.stdout).contains("started"), "{}", text(&out.stdout));
+    let out = p.run(&["exec", "hull-e2e-web", "sh", "-c", "echo $GREETING; hostname; ip -4 addr show eth0"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "exec: {}", text(&out.stderr));
+    assert!(stdout.starts_with("hi\nvmhost\n"), "{stdout}");
+    assert!(stdout.contains("inet 10.88."), "the VM did not get podman's bridge address: {stdout}");
+    let out = p.run(&["kill", "hull-e2e-web"]);
+    assert!(out.status.success(), "kill: {}", text(&out.stderr));
+    let out = p.run(&["wait", "hull-e2e-web"]);
+    assert_eq!(text(&out.stdout).trim(), "137", "{}", text(&out.stderr));
+    let out = p.run(&["rm", "hull-e2e-web"]);
+    assert!(out.status.success(), "rm: {}", text(&out.stderr));
+    drop(p.env);
+}
