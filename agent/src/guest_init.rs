@@ -51,7 +51,7 @@ fn switch_root() -> Result<()> {
     chdir("/")?;
     let init = CString::new("/init").unwrap();
     let env = [CString::new(format!("{SWITCHED_ENV}=1")).unwrap(), CString::new("PATH=/bin:/sbin").unwrap()];
-    let err = nix::unistd::execve(&init, &[init.clone()], &env).unwrap_err();
+    let err = nix::unistd::execve(&init, std::slice::from_ref(&init), &env).unwrap_err();
     Err(err).context("re-executing /init in the new root")
 }
 
