@@ -43,6 +43,26 @@ pub fn for_guest(raw: &Value, container_id: &str, binds: &[crate::bundle::BindMo
     spec
 }
 
+/// Point a pod member's namespace paths (CRI gives `/proc/<sandbox pid>/ns/<kind>`, host
+/// paths that mean nothing in the guest) at the namespaces of the pod's first container,
+/// whose init is `guest_pid` in the guest. The network namespace is the mirrored one already.
+pub fn join_namespaces(spec: &mut Value, guest_pid: i32) {
+    let Some(namespaces) = spec["linux"]["namespaces"].as_array_mut() else { return };
+    for ns in namespaces.iter_mut().filter(|ns| ns.get("path").is_some() && ns["type"] != "network") {
+        let kind = match ns["type"].as_str() {
+            Some("pid") => "pid",
+            Some("ipc") => "ipc",
+            Some("uts") => "uts",
+            Some("mount") => "mnt",
+            Some("cgroup") => "cgroup",
+            Some("user") => "user",
+            Some("time") => "time",
+            _ => continue,
+        };
+        ns["path"] = json!(format!("/proc/{guest_pid}/ns/{kind}"));
+    }
+}
+
 /// runc's default spec, with `terminal` off (hull attaches terminals only through
 /// `--console-socket`).
 pub fn default_spec() -> Value {
@@ -90,6 +110,24 @@ pub fn default_spec() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_members_join_the_first_containers_namespaces() {
+        let mut spec = json!({"linux": {"namespaces": [
+            {"type": "pid"},
+            {"type": "ipc", "path": "/proc/77/ns/ipc"},
+            {"type": "uts", "path": "/proc/77/ns/uts"},
+            {"type": "network", "path": "/run/hull/netns/sandbox"},
+            {"type": "mount"}
+        ]}});
+        join_namespaces(&mut spec, 12);
+        let ns = &spec["linux"]["namespaces"];
+        assert!(ns[0].get("path").is_none(), "an unshared pid namespace stays new");
+        assert_eq!(ns[1]["path"], "/proc/12/ns/ipc");
+        assert_eq!(ns[2]["path"], "/proc/12/ns/uts");
+        assert_eq!(ns[3]["path"], "/run/hull/netns/sandbox");
+        assert!(ns[4].get("path").is_none());
+    }
 
     #[test]
     fn guest_rewrite() {

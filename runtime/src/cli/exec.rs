@@ -19,7 +19,8 @@ use super::commands::{global_args, spawn_detached, take_ready_fd, write_pid_file
 use super::Cli;
 use crate::state::{StateDir, Status};
 use crate::supervisor::control::{request, request_reply, ControlRequest};
-use crate::supervisor::{self, stdio, Supervisor};
+use crate::stdio;
+use crate::supervisor::{self, Supervisor};
 
 #[derive(Args, Debug, Clone)]
 pub struct ExecArgs {
@@ -88,7 +89,7 @@ pub fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
         };
     }
     started?;
-    let relays = stdio::attach(&dir.vsock_socket(), &args.id, Some(&exec_id))?;
+    let mut relays = stdio::attach_own(&dir.vsock_socket(), &args.id, Some(&exec_id))?;
 
     let forward_socket = socket.clone();
     let forward_exec = exec_id.clone();

@@ -12,6 +12,7 @@ use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -53,7 +54,7 @@ pub struct SharedRootfs {
 impl SharedRootfs {
     /// `(host source, share path)` pairs, creating each mountpoint (a directory, or an empty
     /// file for a file source).
-    fn mounts(&self, share: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
+    pub fn mounts(&self, share: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
         let base = share.join(&self.subdir);
         let rootfs = base.join("rootfs");
         fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
@@ -73,7 +74,7 @@ impl SharedRootfs {
 }
 
 pub struct Sandbox {
-    pub agent: AgentClient,
+    pub agent: Arc<AgentClient>,
     pub notices: Receiver<AgentNotice>,
     /// The VMM first: stopping it first lets the daemons see their frontend go.
     procs: Vec<ChildProc>,
@@ -81,21 +82,23 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// Boot with `rootfs` bound into the share privately for virtiofsd; with `None`, the
+    /// caller has made the share a propagating mount and binds containers into it itself.
     pub fn boot(
         dir: &StateDir,
         assets: &Assets,
         config: &SandboxConfig,
-        rootfs: &SharedRootfs,
+        rootfs: Option<&SharedRootfs>,
         nics: Vec<Nic>,
     ) -> Result<Sandbox> {
         let hypervisor = hypervisor::select(config.backend, assets)?;
-        let binds = rootfs.mounts(&dir.share_dir())?;
+        let binds = rootfs.map(|r| r.mounts(&dir.share_dir())).transpose()?;
 
         let mut procs = Vec::new();
         let mut vsock = vsock_backend::spawn(&assets.vsock_backend, dir, GUEST_CID)?;
         crate::process::wait_for_path(&dir.vhost_vsock_socket(), &mut vsock, Duration::from_secs(10))?;
         procs.push(vsock);
-        let mut fs_daemon = virtiofsd::spawn(&assets.virtiofsd, dir, &binds)?;
+        let mut fs_daemon = virtiofsd::spawn(&assets.virtiofsd, dir, binds.as_deref())?;
         crate::process::wait_for_path(&dir.virtiofsd_socket(), &mut fs_daemon, Duration::from_secs(10))?;
         procs.push(fs_daemon);
 
@@ -125,7 +128,7 @@ impl Sandbox {
             format!("booting the sandbox (guest console {}: {})", dir.console_log().display(), console_tail(&dir.console_log()))
         })?;
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "agent ready");
-        Ok(Sandbox { agent, notices, procs, vsock_socket })
+        Ok(Sandbox { agent: Arc::new(agent), notices, procs, vsock_socket })
     }
 
     /// Pidfds of the VMM and daemons, each tagged with its name, for exit watching.

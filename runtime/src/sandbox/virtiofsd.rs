@@ -15,11 +15,14 @@ use anyhow::{Context, Result};
 use crate::process::ChildProc;
 use crate::state::StateDir;
 
-/// Start virtiofsd with each `(host source, mountpoint in the share)` bind-mounted first; the
-/// mountpoints must exist.
-pub fn spawn(binary: &Path, dir: &StateDir, binds: &[(PathBuf, PathBuf)]) -> Result<ChildProc> {
+/// Start virtiofsd with each `(host source, mountpoint in the share)` bind-mounted first in a
+/// namespace of its own; the mountpoints must exist. With `None`, virtiofsd stays in the
+/// caller's namespace and sees what the caller mounts into the share later.
+pub fn spawn(binary: &Path, dir: &StateDir, binds: Option<&[(PathBuf, PathBuf)]>) -> Result<ChildProc> {
     let log = std::fs::File::create(dir.dir.join("virtiofsd.log"))?;
+    let private = binds.is_some();
     let binds: Vec<(CString, CString)> = binds
+        .unwrap_or_default()
         .iter()
         .map(|(src, dst)| {
             Ok((
@@ -39,6 +42,9 @@ pub fn spawn(binary: &Path, dir: &StateDir, binds: &[(PathBuf, PathBuf)]) -> Res
     // the fork.
     unsafe {
         cmd.pre_exec(move || {
+            if !private {
+                return Ok(());
+            }
             if libc::unshare(libc::CLONE_NEWNS) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -9,7 +9,6 @@
 //! end the container with [`SANDBOX_FAILED`] instead of hanging.
 
 pub mod control;
-pub mod stdio;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -30,6 +29,7 @@ use crate::hypervisor::Nic;
 use crate::network;
 use crate::sandbox::{Sandbox, SandboxConfig, SharedRootfs};
 use crate::spec;
+use crate::stdio;
 use crate::state::{now_rfc3339, State, StateDir, Status};
 use control::{ControlReply, ControlRequest, Incoming};
 
@@ -102,7 +102,7 @@ impl Supervisor {
             dir.write(&state)?;
         }
         let nics = network.iter().flat_map(|n| &n.taps).map(|t| Nic { tap_fd: t.fd.as_raw_fd(), mac: t.mac.clone() }).collect();
-        let sandbox = Sandbox::boot(&dir, &assets, config, &rootfs, nics)?;
+        let sandbox = Sandbox::boot(&dir, &assets, config, Some(&rootfs), nics)?;
         if let Some(net) = &network {
             sandbox
                 .agent
@@ -116,7 +116,7 @@ impl Supervisor {
             Err(e) => return Err(e.context("creating the container in the guest")),
         }
         // On any error, dropping the sandbox stops the VM and its daemons.
-        let relays = stdio::attach(sandbox.vsock_socket(), &id, None)?;
+        let relays = stdio::attach_own(sandbox.vsock_socket(), &id, None)?;
         let hooks = bundle.spec.hooks().clone();
         hooks::run(hooks.as_ref(), hooks::Point::Prestart, &state)?;
         hooks::run(hooks.as_ref(), hooks::Point::CreateRuntime, &state)?;
@@ -237,7 +237,7 @@ impl Supervisor {
                     if !(0..=255).contains(&status) {
                         break self.fail(&format!("agent reported an impossible exit status {status}"));
                     }
-                    if let Some(relays) = self.relays.take() {
+                    if let Some(mut relays) = self.relays.take() {
                         relays.finish(Duration::from_secs(5));
                     }
                     break status;

@@ -1,0 +1,142 @@
+//! Relaying a container process's stdin/stdout/stderr between host endpoints and its streams
+//! in the guest.
+//!
+//! Each stream is its own hybrid-vsock connection to the agent's stdio port, so bytes move
+//! without framing or JSON. stdout/stderr are drained to EOF even when the host side stops
+//! accepting them, so a closed terminal or FIFO never blocks the container.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hull_protocol::{StreamHeader, StreamKind, STDIO_PORT};
+
+use crate::vsock;
+
+/// Where one stream goes on the host.
+pub enum Endpoint {
+    /// An open file descriptor (the CLI's own stdio).
+    Fd(OwnedFd),
+    /// A FIFO containerd created. Opened by the relay thread, since opening a FIFO blocks
+    /// until its other end is opened.
+    Fifo(PathBuf),
+    /// Nothing: stdin reads as empty, output is discarded.
+    Null,
+}
+
+impl Endpoint {
+    /// A FIFO path as containerd sends it; empty means none.
+    pub fn fifo(path: &str) -> Endpoint {
+        if path.is_empty() { Endpoint::Null } else { Endpoint::Fifo(path.into()) }
+    }
+
+    fn open(self, write: bool) -> io::Result<Option<File>> {
+        match self {
+            Endpoint::Fd(fd) => Ok(Some(File::from(fd))),
+            Endpoint::Fifo(path) => OpenOptions::new().read(!write).write(write).open(path).map(Some),
+            Endpoint::Null => Ok(None),
+        }
+    }
+}
+
+/// Output relays that are still running; [`Relays::finish`] waits for their EOFs.
+pub struct Relays {
+    done: Receiver<()>,
+    pending: usize,
+    /// The guest side of stdin, kept to close it on request (`CloseIO`).
+    stdin: Option<UnixStream>,
+}
+
+/// Connect the three streams of a container's init (or of one of its execs) to the guest.
+fn connect(vsock_socket: &Path, container_id: &str, exec_id: Option<&str>, kind: StreamKind) -> Result<UnixStream> {
+    let mut conn = vsock::connect(vsock_socket, STDIO_PORT, Duration::from_secs(10))
+        .with_context(|| format!("connecting the container's {}", kind.as_str()))?;
+    let header = StreamHeader { container_id: container_id.into(), exec_id: exec_id.map(str::to_string), kind };
+    conn.write_all(header.to_string().as_bytes())?;
+    Ok(conn)
+}
+
+/// Relay this process's own fds 0, 1 and 2.
+pub fn attach_own(vsock_socket: &Path, container_id: &str, exec_id: Option<&str>) -> Result<Relays> {
+    let dup = |fd: std::os::fd::BorrowedFd<'_>| -> Result<Endpoint> { Ok(Endpoint::Fd(fd.try_clone_to_owned()?)) };
+    attach(
+        vsock_socket,
+        container_id,
+        exec_id,
+        [dup(io::stdin().as_fd())?, dup(io::stdout().as_fd())?, dup(io::stderr().as_fd())?],
+    )
+}
+
+/// Start relaying `[stdin, stdout, stderr]`.
+pub fn attach(vsock_socket: &Path, container_id: &str, exec_id: Option<&str>, ends: [Endpoint; 3]) -> Result<Relays> {
+    let stdin = connect(vsock_socket, container_id, exec_id, StreamKind::Stdin)?;
+    let stdout = connect(vsock_socket, container_id, exec_id, StreamKind::Stdout)?;
+    let stderr = connect(vsock_socket, container_id, exec_id, StreamKind::Stderr)?;
+    let [local_in, local_out, local_err] = ends;
+
+    let stdin_handle = stdin.try_clone()?;
+    std::thread::Builder::new().name("stdin".into()).spawn(move || {
+        let mut conn = stdin;
+        if let Ok(Some(mut local)) = local_in.open(false) {
+            let _ = io::copy(&mut local, &mut conn);
+        }
+        // EOF from the host is the container's EOF on stdin.
+        let _ = conn.shutdown(Shutdown::Write);
+    })?;
+
+    let (tx, done) = mpsc::channel();
+    for (conn, local) in [(stdout, local_out), (stderr, local_err)] {
+        let tx = tx.clone();
+        std::thread::Builder::new().name("output".into()).spawn(move || {
+            let out = local.open(true).ok().flatten();
+            drain(conn, out);
+            let _ = tx.send(());
+        })?;
+    }
+    Ok(Relays { done, pending: 2, stdin: Some(stdin_handle) })
+}
+
+impl Relays {
+    /// Give the container EOF on stdin now.
+    pub fn close_stdin(&mut self) {
+        if let Some(conn) = self.stdin.take() {
+            let _ = conn.shutdown(Shutdown::Write);
+        }
+    }
+
+    /// Wait until both output streams reached EOF, or `timeout` passed.
+    pub fn finish(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.pending > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.done.recv_timeout(left) {
+                Ok(_) => self.pending -= 1,
+                Err(_) => {
+                    tracing::warn!(pending = self.pending, "container output did not reach EOF in time");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Copy `conn` into `out` until EOF; without `out`, or once it fails, keep reading and discard.
+fn drain(mut conn: UnixStream, mut out: Option<File>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if out.as_mut().is_some_and(|o| o.write_all(&buf[..n]).is_err()) {
+                    out = None;
+                }
+            }
+        }
+    }
+}
