@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod containerd;
+
 /// The `hull` binary under test: `HULL_BIN`, or this workspace's release build.
 pub fn hull_bin() -> PathBuf {
     std::env::var_os("HULL_BIN")

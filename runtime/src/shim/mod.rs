@@ -263,6 +263,12 @@ fn init_logging(args: &Args) {
 }
 
 fn serve(args: &Args) -> Result<()> {
+    // The listening socket must not leak into the VMM and daemons we start: a dead shim's
+    // socket would still accept connections while they wind down.
+    // SAFETY: F_SETFD on the fd `start` passed us.
+    if unsafe { libc::fcntl(LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        bail!("the listening socket (fd {LISTENER_FD}) is missing: run this shim through containerd");
+    }
     // While this is the only thread: a mount namespace of our own.
     mounts::enter_private_namespace()?;
     let mut signals = SigSet::empty();
