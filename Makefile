@@ -47,7 +47,7 @@ install: assets
 	@install -d $(ASSET_DIR)/bin $(PREFIX)/bin
 	@install -m 0644 $(ASSETS)/vmlinuz $(ASSETS)/vmlinux $(ASSETS)/initramfs.cpio $(ASSET_DIR)/
 	@install -m 0755 $(ASSETS)/bin/virtiofsd $(ASSETS)/bin/vhost-device-vsock $(ASSET_DIR)/bin/
-	@install -m 0755 target/release/hull target/release/hull-vmm $(PREFIX)/bin/
+	@install -m 0755 target/release/hull target/release/containerd-shim-hull-v2 target/release/hull-vmm $(PREFIX)/bin/
 	@echo "install: hull in $(PREFIX)/bin, assets in $(ASSET_DIR)"
 
 # The suite runs against this checkout's build (HULL_ASSET_DIR), not what is installed.

@@ -5,6 +5,7 @@ packages=(
   qemu-system-x86 linux-source-6.12 bc flex bison libelf-dev libssl-dev cpio   # guest kernel + VMM
   libseccomp-dev libcap-ng-dev                                                 # virtiofsd, static agent
   busybox-static iproute2 curl runc podman containerd containernetworking-plugins  # tests, demo, baselines
+  protobuf-compiler                                                            # CRI test client (k8s-cri)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -39,6 +39,8 @@ struct Inner {
     /// Exits of pids not (yet) registered: a process can die between its helper's exit and
     /// our registering its pid.
     unclaimed_exits: HashMap<i32, i32>,
+    /// Per container, the OOM kills already reported.
+    oom_kills_seen: HashMap<String, u64>,
 }
 
 struct Proc {
@@ -196,6 +198,7 @@ impl Registry {
         let mut inner = self.inner.lock().unwrap();
         inner.containers.remove(id);
         inner.processes.retain(|(cid, _), _| cid != id);
+        inner.oom_kills_seen.remove(id);
         Ok(())
     }
 
@@ -239,18 +242,28 @@ impl Registry {
         self.inner.lock().unwrap().processes.get_mut(&key)?.stdio.remove(&kind)
     }
 
-    /// Record the exit of `pid`; returns the event to send when it was a registered process.
-    pub fn process_exited(&self, pid: i32, status: i32) -> Option<Event> {
+    /// Record the exit of `pid`; returns the events to send when it was a registered process:
+    /// an OOM kill in its container first, if one happened since the last exit, then the exit.
+    pub fn process_exited(&self, pid: i32, status: i32) -> Vec<Event> {
         let mut inner = self.inner.lock().unwrap();
         let Some(((id, exec_id), proc)) = inner.processes.iter_mut().find(|(_, p)| p.pid == pid && p.exit_status.is_none())
         else {
             inner.unclaimed_exits.insert(pid, status);
-            return None;
+            return Vec::new();
         };
         proc.exit_status = Some(status);
         // Nobody will read a stream the host never connected; don't let it pin the pipe.
         proc.stdio.remove(&StreamKind::Stdin);
-        Some(Event::ProcessExited { container_id: id.clone(), exec_id: exec_id.clone(), status })
+        let (id, exec_id) = (id.clone(), exec_id.clone());
+        let mut events = Vec::new();
+        let kills = oom_kills(&id);
+        let seen = inner.oom_kills_seen.entry(id.clone()).or_default();
+        if kills > *seen {
+            *seen = kills;
+            events.push(Event::OomKilled { container_id: id.clone() });
+        }
+        events.push(Event::ProcessExited { container_id: id, exec_id, status });
+        events
     }
 
     fn known(&self, id: &str) -> Result<()> {
@@ -268,4 +281,13 @@ fn path_str(p: &Path) -> Result<&str> {
 
 fn load(id: &str) -> Result<LcContainer> {
     LcContainer::load(PathBuf::from(STATE_ROOT).join(id)).with_context(|| format!("loading container {id}"))
+}
+
+/// How many processes of container `id` the OOM killer has killed (cgroup v2 `memory.events`).
+fn oom_kills(id: &str) -> u64 {
+    let events = fs::read_to_string(format!("/sys/fs/cgroup/hull/{id}/memory.events")).unwrap_or_default();
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
+        .unwrap_or(0)
 }

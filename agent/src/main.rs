@@ -46,7 +46,7 @@ fn run() -> anyhow::Result<()> {
         let registry = registry.clone();
         let events = events.clone();
         move |pid, status| {
-            if let Some(event) = registry.process_exited(pid, status) {
+            for event in registry.process_exited(pid, status) {
                 events.send(event);
             }
         }

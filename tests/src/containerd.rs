@@ -12,11 +12,24 @@ use serde_json::json;
 use crate::{hull_bin, text, Env};
 
 pub const RUNTIME: &str = "io.containerd.hull.v2";
+/// The pause image CRI runs as each pod's sandbox container (imported by [`Containerd::import_pause`]).
+pub const PAUSE_IMAGE: &str = "docker.io/hull/pause:e2e";
+/// CNI's bridge for CRI pods, and the pods' subnet.
+pub const CNI_BRIDGE: &str = "hullcni0";
+pub const CNI_SUBNET: &str = "10.201.0.0/24";
 
 pub struct Containerd {
     pub env: Env,
     pub socket: PathBuf,
     child: Child,
+    /// Network namespaces that existed before (CRI's `cni-*` ones made later are ours).
+    netns_before: Vec<String>,
+}
+
+fn cni_netns() -> Vec<String> {
+    fs::read_dir("/run/netns")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("cni-")).collect())
+        .unwrap_or_default()
 }
 
 impl Containerd {
@@ -24,16 +37,29 @@ impl Containerd {
         let env = Env::new(name);
         let socket = env.dir.join("containerd.sock");
         let config = env.dir.join("containerd.toml");
+        let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
         fs::write(
             &config,
             format!(
                 "version = 2\nroot = \"{root}/root\"\nstate = \"{root}/run\"\n[grpc]\n  address = \"{sock}\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  restrict_oom_score_adj = true\n",
+                 [{cri}]\n  restrict_oom_score_adj = true\n  sandbox_image = \"{PAUSE_IMAGE}\"\n\
+                 [{cri}.containerd.runtimes.hull]\n  runtime_type = \"{RUNTIME}\"\n\
+                 [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+                 [{cri}.cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{root}/net.d\"\n",
                 root = env.dir.display(),
                 sock = socket.display()
             ),
         )
         .unwrap();
+        fs::create_dir_all(env.dir.join("net.d")).unwrap();
+        let cni = json!({
+            "cniVersion": "1.0.0", "name": "hull-e2e",
+            "plugins": [{
+                "type": "bridge", "bridge": CNI_BRIDGE, "isGateway": true, "ipMasq": false,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": CNI_SUBNET}]], "dataDir": env.dir.join("ipam")}
+            }]
+        });
+        fs::write(env.dir.join("net.d/10-hull-e2e.conflist"), cni.to_string()).unwrap();
         let shim_dir = hull_bin().parent().unwrap().canonicalize().unwrap();
         let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
         let log = fs::File::create(env.dir.join("containerd.log")).unwrap();
@@ -47,7 +73,7 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("starting containerd (apt-get install containerd)");
-        let c = Containerd { env, socket, child };
+        let c = Containerd { env, socket, child, netns_before: cni_netns() };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !c.ctr(&["version"]).status.success() {
             assert!(Instant::now() < deadline, "containerd did not come up: {}", c.log());
@@ -81,12 +107,20 @@ impl Containerd {
         fs::read_to_string(self.env.dir.join("shim.log")).unwrap_or_default()
     }
 
-    /// Import a busybox image named `reference`.
-    pub fn import_busybox(&self, reference: &str) {
-        let rootfs = self.env.bundle("image-src", &["true"]).rootfs();
+    /// Import a busybox image named `reference` into containerd namespace `ns`, running `cmd`.
+    pub fn import_busybox(&self, ns: &str, reference: &str, cmd: &[&str]) {
+        let src = self.env.dir.join("image-src");
+        if !src.exists() {
+            self.env.bundle("image-src", &["true"]);
+        }
         let archive = self.env.dir.join("image.tar");
-        oci_archive(&rootfs, reference, &archive);
-        self.ctr_ok(&["image", "import", archive.to_str().unwrap()]);
+        oci_archive(&src.join("rootfs"), reference, cmd, &archive);
+        self.ctr_ok(&["--namespace", ns, "image", "import", archive.to_str().unwrap()]);
+    }
+
+    /// The pause image CRI needs, in CRI's namespace.
+    pub fn import_pause(&self) {
+        self.import_busybox("k8s.io", PAUSE_IMAGE, &["/bin/sleep", "2147483647"]);
     }
 
     /// Processes and mounts this containerd's shims left behind, plus any shim sandbox dir.
@@ -108,6 +142,7 @@ impl Containerd {
         found.extend(
             mounts.lines().filter(|l| l.contains("/run/hull/shim") || (l.contains(&needle) && l.contains("rootfs"))).map(|l| format!("mount: {l}")),
         );
+        found.extend(cni_netns().into_iter().filter(|n| !self.netns_before.contains(n)).map(|n| format!("netns: {n}")));
         if let Ok(entries) = fs::read_dir("/run/hull/shim") {
             found.extend(entries.flatten().map(|e| format!("shim state: {}", e.path().display())));
         }
@@ -121,7 +156,7 @@ impl Containerd {
             if left.is_empty() {
                 return;
             }
-            assert!(Instant::now() < deadline, "left behind:\n{}", left.join("\n"));
+            assert!(Instant::now() < deadline, "left behind:\n{}\nshim log:\n{}", left.join("\n"), self.shim_log());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -129,6 +164,10 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // Shims outlive containerd by design; a test that failed midway leaves some running.
+        // SIGTERM makes each tear its VM down.
+        let needle = self.socket.to_string_lossy().into_owned();
+        let _ = Command::new("pkill").args(["-TERM", "-f", &format!("containerd-shim-hull-v2 .*{needle}")]).status();
         // SAFETY: signalling our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -140,6 +179,11 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for ns in cni_netns().into_iter().filter(|n| !self.netns_before.contains(n)) {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        // The bridge CNI made for pods outlives them.
+        let _ = Command::new("ip").args(["link", "del", CNI_BRIDGE]).stderr(Stdio::null()).status();
         // Snapshots containerd left mounted would keep the scratch dir from going away.
         let needle = self.env.dir.to_string_lossy().into_owned();
         let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -155,7 +199,7 @@ fn sha256(path: &Path) -> String {
 }
 
 /// Write `rootfs` as a one-layer OCI image archive (`ctr image import` format) named `reference`.
-pub fn oci_archive(rootfs: &Path, reference: &str, out: &Path) {
+pub fn oci_archive(rootfs: &Path, reference: &str, cmd: &[&str], out: &Path) {
     let layout = out.with_extension("layout");
     let blobs = layout.join("blobs/sha256");
     fs::create_dir_all(&blobs).unwrap();
@@ -185,7 +229,7 @@ pub fn oci_archive(rootfs: &Path, reference: &str, out: &Path) {
         "config.json",
         json!({
             "architecture": "amd64", "os": "linux",
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+            "config": {"Env": ["PATH=/bin"], "Cmd": cmd},
             "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}
         }),
     );

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod containerd;
+pub mod cri;
 
 /// The `hull` binary under test: `HULL_BIN`, or this workspace's release build.
 pub fn hull_bin() -> PathBuf {

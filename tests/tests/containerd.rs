@@ -12,7 +12,7 @@ const IMAGE: &str = "docker.io/hull/busybox:e2e";
 
 fn setup(name: &str) -> Containerd {
     let c = Containerd::start(name);
-    c.import_busybox(IMAGE);
+    c.import_busybox("default", IMAGE, &["/bin/sh"]);
     c
 }
 

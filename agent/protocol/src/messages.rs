@@ -105,6 +105,9 @@ pub enum Event {
         exec_id: Option<String>,
         status: i32,
     },
+    /// The kernel's OOM killer killed a process of the container (its memory limit was hit).
+    /// Sent before the exit it caused.
+    OomKilled { container_id: String },
 }
 
 /// Everything the agent writes on the control connection.

@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn validation() {
         let route = Route { destination: None, gateway: Some("10.200.0.1".parse().unwrap()), device: "eth0".into() };
-        assert!(validate(&[iface()], &[route.clone()]).is_ok());
+        assert!(validate(&[iface()], std::slice::from_ref(&route)).is_ok());
         let mut bad = iface();
         bad.addresses[0].prefix_len = 33;
         assert!(validate(&[bad], &[]).is_err());

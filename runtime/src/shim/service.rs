@@ -19,7 +19,8 @@ use containerd_shim_protos::api::{
     StatsRequest, StatsResponse, Status, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused, TaskResumed,
+    TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageField;
@@ -209,6 +210,10 @@ impl Service {
                 match notice {
                     AgentNotice::Event(Event::ProcessExited { container_id, exec_id, status }) => {
                         me.exited(&container_id, exec_id.as_deref().unwrap_or(""), status);
+                    }
+                    AgentNotice::Event(Event::OomKilled { container_id }) => {
+                        tracing::warn!(id = container_id, "OOM kill in the container");
+                        me.events.publish(TaskEvent::Oom(TaskOOM { container_id, ..Default::default() }));
                     }
                     AgentNotice::Lost(reason) => {
                         me.sandbox_failed(&format!("lost the guest agent: {reason}"));

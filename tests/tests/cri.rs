@@ -1,0 +1,127 @@
+//! Kubernetes' path: containerd's CRI plugin with a `hull` RuntimeClass handler, driven by our
+//! own CRI client. A pod is one VM; its containers join it.
+
+use std::time::{Duration, Instant};
+
+use hull_tests::containerd::{Containerd, CNI_BRIDGE};
+use hull_tests::cri::{ContainerSpec, Cri};
+use hull_tests::text;
+use k8s_cri::v1::ContainerState;
+
+const IMAGE: &str = "docker.io/hull/busybox:e2e";
+
+fn setup(name: &str) -> (Containerd, Cri) {
+    let c = Containerd::start(name);
+    c.import_pause();
+    c.import_busybox("k8s.io", IMAGE, &["/bin/sh"]);
+    let cri = Cri::connect(&c.socket, &c.env.dir.join("pod-logs"));
+    (c, cri)
+}
+
+fn vm_count() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("qemu-system") && cmdline.contains("/run/hull/shim/")
+        })
+        .count()
+}
+
+fn wait_exited(cri: &mut Cri, id: &str) -> k8s_cri::v1::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = cri.container_status(id);
+        if status.state == ContainerState::ContainerExited as i32 {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "container {id} did not exit: {status:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_pod_is_one_vm_whose_containers_share_its_network_and_pid_namespace() {
+    let (c, mut cri) = setup("cri-pod");
+    let pod = cri.run_pod("web", true).unwrap_or_else(|e| panic!("RunPodSandbox: {e}\nshim log:\n{}", c.shim_log()));
+    assert_eq!(vm_count(), 1, "RunPodSandbox boots exactly one VM");
+    let web = cri
+        .start_container(&pod, ContainerSpec {
+            name: "httpd",
+            image: IMAGE,
+            args: &["sh", "-c", "mkdir -p /www && echo pod-ok > /www/hello && exec httpd -f -p 8080 -h /www"],
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\nshim log:\n{}", c.shim_log()));
+    let client = cri
+        .start_container(&pod, ContainerSpec { name: "client", image: IMAGE, args: &["sleep", "601"], ..Default::default() })
+        .unwrap();
+    assert_eq!(vm_count(), 1, "the pod's containers join its VM");
+
+    // The shared network namespace: the client reaches the server over loopback.
+    let mut fetched = String::new();
+    for _ in 0..50 {
+        let out = cri.exec_sync(&client, &["wget", "-qO-", "http://127.0.0.1:8080/hello"]);
+        fetched = text(&out.stdout);
+        if out.exit_code == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(fetched, "pod-ok\n");
+    // The shared pid namespace (the pod asked for it): the client sees the server.
+    let ps = text(&cri.exec_sync(&client, &["ps", "-o", "args"]).stdout);
+    assert!(ps.contains("httpd -f -p 8080"), "shared pid namespace, but ps shows:\n{ps}");
+
+    // CNI gave the pod an address on the host bridge, and the VM answers on it.
+    let ip = cri.pod_ip(&pod);
+    assert!(ip.starts_with("10.201.0."), "pod ip {ip:?}");
+    let out = std::process::Command::new("curl").args(["-s", "--max-time", "10", &format!("http://{ip}:8080/hello")]).output().unwrap();
+    assert_eq!(text(&out.stdout), "pod-ok\n", "curl from the host via {CNI_BRIDGE}");
+
+    cri.stop_container(&web);
+    let status = wait_exited(&mut cri, &web);
+    assert_eq!(status.exit_code, 143, "httpd dies of the SIGTERM StopContainer sends: {status:?}");
+    cri.remove_pod(&pod);
+    c.assert_clean();
+    assert_eq!(vm_count(), 0);
+}
+
+#[test]
+fn separate_pid_namespaces_exit_codes_and_oom_killed() {
+    let (c, mut cri) = setup("cri-status");
+    let pod = cri.run_pod("jobs", false).unwrap_or_else(|e| panic!("RunPodSandbox: {e}\nshim log:\n{}", c.shim_log()));
+    let sleeper = cri
+        .start_container(&pod, ContainerSpec { name: "sleeper", image: IMAGE, args: &["sleep", "603"], ..Default::default() })
+        .unwrap();
+    let looker = cri
+        .start_container(&pod, ContainerSpec { name: "looker", image: IMAGE, args: &["sleep", "604"], ..Default::default() })
+        .unwrap();
+    let ps = text(&cri.exec_sync(&looker, &["ps", "-o", "args"]).stdout);
+    assert!(!ps.contains("sleep 603"), "pid namespaces are per container here, but ps shows:\n{ps}");
+    let out = cri.exec_sync(&sleeper, &["sh", "-c", "echo out; echo err >&2; exit 4"]);
+    assert_eq!((text(&out.stdout).as_str(), text(&out.stderr).as_str(), out.exit_code), ("out\n", "err\n", 4));
+
+    let exits = cri
+        .start_container(&pod, ContainerSpec { name: "exits", image: IMAGE, args: &["sh", "-c", "exit 7"], ..Default::default() })
+        .unwrap();
+    let status = wait_exited(&mut cri, &exits);
+    assert_eq!((status.exit_code, status.reason.as_str()), (7, "Error"), "{status:?}");
+
+    let hog = cri
+        .start_container(&pod, ContainerSpec {
+            name: "hog",
+            image: IMAGE,
+            args: &["dd", "if=/dev/zero", "of=/dev/null", "bs=96M", "count=1"],
+            memory_limit: Some(32 << 20),
+        })
+        .unwrap();
+    let status = wait_exited(&mut cri, &hog);
+    assert_eq!((status.exit_code, status.reason.as_str()), (137, "OOMKilled"), "{status:?}\nshim log:\n{}", c.shim_log());
+
+    cri.remove_container(&exits);
+    cri.remove_pod(&pod);
+    c.assert_clean();
+}
