@@ -18,6 +18,7 @@ use nix::fcntl::OFlag;
 use crate::create_helper;
 use crate::guest_init::SHARE_DIR;
 use crate::reaper::Reaper;
+use crate::terminal::ConsoleSocket;
 
 /// libcontainer's state root inside the guest.
 pub const STATE_ROOT: &str = "/run/hull/containers";
@@ -48,6 +49,14 @@ struct Proc {
     exit_status: Option<i32>,
     /// Host-facing ends of the process's stdio pipes, until the host connects each stream.
     stdio: HashMap<StreamKind, OwnedFd>,
+    /// The master of its terminal, if it has one.
+    terminal: Option<OwnedFd>,
+}
+
+/// A new process's host-facing stdio.
+struct Stdio3 {
+    streams: HashMap<StreamKind, OwnedFd>,
+    terminal: Option<OwnedFd>,
 }
 
 /// What a created process reports: its pid, and the exit event to send at once when it
@@ -79,7 +88,8 @@ impl Registry {
         fs::create_dir_all(&bundle)?;
         let result = (|| {
             fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
-            let stdio = self.run_helper(&[create_helper::INIT, id, path_str(&bundle)?, STATE_ROOT], &bundle)?;
+            let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+            let stdio = self.run_helper(&[create_helper::INIT, id, path_str(&bundle)?, STATE_ROOT], &bundle, terminal)?;
             let pid = load(id)?.pid().ok_or_else(|| anyhow!("created container has no pid"))?.as_raw();
             self.inner.lock().unwrap().containers.insert(id.to_string());
             Ok(self.register((id.to_string(), None), pid, stdio))
@@ -104,7 +114,8 @@ impl Registry {
         let result = (|| {
             let process_file = dir.join("process.json");
             fs::write(&process_file, serde_json::to_vec(&process)?)?;
-            let stdio = self.run_helper(&[create_helper::EXEC, id, path_str(&process_file)?, STATE_ROOT], &dir)?;
+            let terminal = process.terminal().unwrap_or(false);
+            let stdio = self.run_helper(&[create_helper::EXEC, id, path_str(&process_file)?, STATE_ROOT], &dir, terminal)?;
             let pid: i32 = fs::read_to_string(dir.join(create_helper::PID_FILE))?.trim().parse()?;
             Ok(self.register(key, pid, stdio))
         })();
@@ -112,8 +123,10 @@ impl Registry {
         result
     }
 
-    /// Run the create helper with fresh stdio pipes; returns the host-facing ends.
-    fn run_helper(&self, args: &[&str], work_dir: &Path) -> Result<HashMap<StreamKind, OwnedFd>> {
+    /// Run the create helper with fresh stdio pipes, or a terminal; returns the host-facing
+    /// ends.
+    fn run_helper(&self, args: &[&str], work_dir: &Path, terminal: bool) -> Result<Stdio3> {
+        let console = terminal.then(ConsoleSocket::bind).transpose()?;
         let (stdin_r, stdin_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (stdout_r, stdout_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (stderr_r, stderr_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
@@ -121,6 +134,9 @@ impl Registry {
 
         let mut cmd = Command::new("/proc/self/exe");
         cmd.arg(create_helper::ARG).args(args).arg(&error_file).stdin(Stdio::null()).stdout(Stdio::null());
+        if let Some(console) = &console {
+            cmd.arg(console.path());
+        }
         let child_fds = [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()];
         // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
         // functions (fcntl, dup2) on fds that stay open in the parent until spawn returns.
@@ -150,10 +166,22 @@ impl Registry {
             let reason = reason.trim();
             bail!("{}", if reason.is_empty() { format!("create helper exited with status {status}") } else { reason.to_string() });
         }
-        Ok(HashMap::from([(StreamKind::Stdin, stdin_w), (StreamKind::Stdout, stdout_r), (StreamKind::Stderr, stderr_r)]))
+        let Some(console) = console else {
+            let streams = HashMap::from([(StreamKind::Stdin, stdin_w), (StreamKind::Stdout, stdout_r), (StreamKind::Stderr, stderr_r)]);
+            return Ok(Stdio3 { streams, terminal: None });
+        };
+        // A terminal merges stdout and stderr; the host's stderr stream reads as empty.
+        let master = console.receive()?;
+        drop((stdin_w, stdout_r));
+        let streams = HashMap::from([
+            (StreamKind::Stdin, master.try_clone()?),
+            (StreamKind::Stdout, master.try_clone()?),
+            (StreamKind::Stderr, stderr_r),
+        ]);
+        Ok(Stdio3 { streams, terminal: Some(master) })
     }
 
-    fn register(&self, key: ProcKey, pid: i32, stdio: HashMap<StreamKind, OwnedFd>) -> Spawned {
+    fn register(&self, key: ProcKey, pid: i32, stdio: Stdio3) -> Spawned {
         let mut inner = self.inner.lock().unwrap();
         let exit_status = inner.unclaimed_exits.remove(&pid);
         let early_exit = exit_status.map(|status| Event::ProcessExited {
@@ -161,7 +189,7 @@ impl Registry {
             exec_id: key.1.clone(),
             status,
         });
-        inner.processes.insert(key, Proc { pid, exit_status, stdio });
+        inner.processes.insert(key, Proc { pid, exit_status, stdio: stdio.streams, terminal: stdio.terminal });
         (pid, early_exit)
     }
 
@@ -234,6 +262,14 @@ impl Registry {
                 ProcessInfo { pid, cmdline }
             })
             .collect())
+    }
+
+    pub fn resize_terminal(&self, id: &str, exec_id: Option<&str>, width: u16, height: u16) -> Result<()> {
+        let key = (id.to_string(), exec_id.map(str::to_string));
+        let inner = self.inner.lock().unwrap();
+        let proc = inner.processes.get(&key).ok_or_else(|| anyhow!("no process {key:?}"))?;
+        let master = proc.terminal.as_ref().ok_or_else(|| anyhow!("process {key:?} has no terminal"))?;
+        crate::terminal::resize(master, width, height)
     }
 
     /// Hand out the host-facing end of one stdio pipe, once.

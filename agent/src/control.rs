@@ -159,6 +159,10 @@ fn dispatch(registry: &Registry, events: &EventSink, body: RequestBody) -> Resul
             Reply::Empty
         }
         RequestBody::ListProcesses { container_id } => Reply::Processes { processes: registry.processes(&container_id)? },
+        RequestBody::ResizeTerminal { container_id, exec_id, width, height } => {
+            registry.resize_terminal(&container_id, exec_id.as_deref(), width, height)?;
+            Reply::Empty
+        }
         RequestBody::RemoveContainer { container_id } => {
             registry.remove(&container_id)?;
             Reply::Empty

@@ -17,6 +17,7 @@ mod log;
 mod network;
 mod reaper;
 mod stdio;
+mod terminal;
 mod vsock;
 
 use std::sync::Arc;

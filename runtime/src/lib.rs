@@ -22,5 +22,6 @@ pub mod shim;
 pub mod spec;
 pub mod state;
 pub mod stdio;
+pub mod terminal;
 pub mod supervisor;
 pub mod vsock;

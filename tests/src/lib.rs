@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod console;
 pub mod containerd;
 pub mod cri;
 
@@ -195,4 +196,9 @@ fn busybox() -> &'static str {
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Run a shell `command` on a pty of the given size (`script`), as from a user's terminal.
+pub fn in_a_terminal(cols: u16, rows: u16, command: &str) -> Output {
+    Command::new("script").args(["-qec", &format!("stty cols {cols} rows {rows}; {command}"), "/dev/null"]).output().unwrap()
 }

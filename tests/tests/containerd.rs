@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use hull_tests::containerd::{Containerd, RUNTIME};
-use hull_tests::text;
+use hull_tests::{in_a_terminal, text};
 
 const IMAGE: &str = "docker.io/hull/busybox:e2e";
 
@@ -122,5 +122,27 @@ fn killing_the_vmm_or_the_shim_ends_the_task_without_leftovers() {
         std::thread::sleep(Duration::from_millis(100));
     }
     c.ctr_ok(&["container", "rm", "s1"]);
+    c.assert_clean();
+}
+
+#[test]
+fn ctr_run_and_exec_with_a_tty_mirror_the_window_size() {
+    let c = setup("ctr-tty");
+    let ctr = format!("ctr --address {}", c.socket.display());
+    let out = in_a_terminal(99, 33, &format!("{ctr} run -t --rm --runtime {RUNTIME} {IMAGE} tt1 sh -c 'tty; stty size; exit 6'"));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("/dev/pts/") && shown.contains("33 99"), "run -t: {shown:?}\nshim log:\n{}", c.shim_log());
+    assert_eq!(out.status.code(), Some(6));
+
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, "tt2", "sleep", "600"]);
+    wait_for_status(&c, "tt2", "RUNNING");
+    let out = in_a_terminal(55, 11, &format!("{ctr} task exec -t --exec-id e1 tt2 sh -c 'tty; stty size; exit 2'"));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("/dev/pts/") && shown.contains("11 55"), "exec -t: {shown:?}");
+    assert_eq!(out.status.code(), Some(2));
+    c.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "tt2"]);
+    wait_for_status(&c, "tt2", "STOPPED");
+    let _ = c.ctr(&["task", "delete", "tt2"]);
+    c.ctr_ok(&["container", "rm", "tt2"]);
     c.assert_clean();
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use hull_tests::{hull_bin, text, Env};
+use hull_tests::{hull_bin, in_a_terminal, text, Env};
 
 const IMAGE: &str = "localhost/hull-e2e-busybox";
 
@@ -62,4 +62,25 @@ fn podman_run_exit_codes_detach_logs_exec_stop_rm() {
     let out = p.run(&["rm", "hull-e2e-web"]);
     assert!(out.status.success(), "rm: {}", text(&out.stderr));
     drop(p.env);
+}
+
+#[test]
+fn podman_run_and_exec_with_a_terminal() {
+    let p = Podman::new("podman-tty");
+    let podman = format!("podman --runtime {}", p.runtime);
+    let out = in_a_terminal(77, 19, &format!("{podman} run --rm -t --network none {IMAGE} sh -c 'tty; stty size; exit 3'"));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("/dev/pts/") && shown.contains("19 77"), "run -t: {shown:?}");
+    assert_eq!(out.status.code(), Some(3));
+
+    let _ = p.run(&["rm", "-f", "hull-e2e-tty"]);
+    let out = p.run(&["run", "-d", "--name", "hull-e2e-tty", "--network", "none", IMAGE, "sleep", "300"]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let out = in_a_terminal(66, 17, &format!("{podman} exec -t hull-e2e-tty sh -c 'tty; stty size; exit 5'"));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("/dev/pts/") && shown.contains("17 66"), "exec -t: {shown:?}");
+    assert_eq!(out.status.code(), Some(5));
+    let out = p.run(&["rm", "-f", "-t", "0", "hull-e2e-tty"]);
+    assert!(out.status.success(), "rm: {}", text(&out.stderr));
+    p.env.assert_clean();
 }

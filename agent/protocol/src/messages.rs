@@ -43,6 +43,14 @@ pub enum RequestBody {
     ResumeContainer { container_id: String },
     /// The container's processes (guest pids and command lines).
     ListProcesses { container_id: String },
+    /// Set the window size of a process's terminal (the init's without `exec_id`).
+    ResizeTerminal {
+        container_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_id: Option<String>,
+        width: u16,
+        height: u16,
+    },
 }
 
 /// The agent's answer to one request.

@@ -16,19 +16,23 @@ use crate::sandbox::SandboxConfig;
 use crate::state::{StateDir, Status};
 use crate::supervisor::control::{self, ControlRequest};
 use crate::supervisor::{self, Supervisor};
+use crate::terminal::Console;
 
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub fn dispatch(cli: &Cli) -> Result<i32> {
     let config = SandboxConfig { backend: cli.backend, ..SandboxConfig::default() };
     match &cli.command {
-        Command::Run { bundle, detach: false, pid_file, id } => run_foreground(cli, bundle, pid_file.as_deref(), id, &config),
-        Command::Run { bundle, detach: true, pid_file, id } => {
-            create(cli, bundle, pid_file.as_deref(), id, true)?;
+        Command::Run { bundle, detach: false, pid_file, console_socket, id } => {
+            let console = console_socket.clone().map(Console::Socket).unwrap_or(Console::Own);
+            run_foreground(cli, bundle, pid_file.as_deref(), id, &config, &console)
+        }
+        Command::Run { bundle, detach: true, pid_file, console_socket, id } => {
+            create(cli, bundle, pid_file.as_deref(), console_socket.as_deref(), id, true)?;
             Ok(0)
         }
-        Command::Create { bundle, pid_file, id } => {
-            create(cli, bundle, pid_file.as_deref(), id, false)?;
+        Command::Create { bundle, pid_file, console_socket, id } => {
+            create(cli, bundle, pid_file.as_deref(), console_socket.as_deref(), id, false)?;
             Ok(0)
         }
         Command::Start { id } => {
@@ -82,7 +86,10 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Ps { format, id } => super::inspect::ps(cli, id, *format),
         Command::List { format, quiet } => super::inspect::list(cli, *format, *quiet),
         Command::Features => super::inspect::features(),
-        Command::Supervise { bundle, ready_fd, id } => Ok(supervise(cli, bundle, *ready_fd, id, &config)),
+        Command::Supervise { bundle, ready_fd, console_socket, id } => {
+            let console = console_socket.clone().map(Console::Socket).unwrap_or(Console::None);
+            Ok(supervise(cli, bundle, *ready_fd, id, &config, &console))
+        }
     }
 }
 
@@ -99,14 +106,21 @@ fn simple_request(cli: &Cli, id: &str, req: ControlRequest, allowed: &[Status]) 
 }
 
 /// `run` without `-d`: this process is the supervisor, relaying its own stdio.
-fn run_foreground(cli: &Cli, bundle: &Path, pid_file: Option<&Path>, id: &str, config: &SandboxConfig) -> Result<i32> {
+fn run_foreground(
+    cli: &Cli,
+    bundle: &Path,
+    pid_file: Option<&Path>,
+    id: &str,
+    config: &SandboxConfig,
+    console: &Console,
+) -> Result<i32> {
     let bundle = Bundle::load(bundle)?;
     bundle.require_process()?;
     let dir = StateDir::new(&cli.root, id)?;
     dir.create()?;
     let result = (|| {
         let signals = Supervisor::block_forwarded_signals()?;
-        let mut sup = Supervisor::create(dir.clone(), &bundle, config, signals)?;
+        let mut sup = Supervisor::create(dir.clone(), &bundle, config, console, signals)?;
         if let Some(path) = pid_file {
             write_pid_file(path, std::process::id())?;
         }
@@ -126,14 +140,27 @@ fn run_foreground(cli: &Cli, bundle: &Path, pid_file: Option<&Path>, id: &str, c
 
 /// `create` (and `run -d`): start a detached supervisor and wait until it reports the
 /// container created, or why not.
-fn create(cli: &Cli, bundle_path: &Path, pid_file: Option<&Path>, id: &str, start: bool) -> Result<()> {
+fn create(
+    cli: &Cli,
+    bundle_path: &Path,
+    pid_file: Option<&Path>,
+    console_socket: Option<&Path>,
+    id: &str,
+    start: bool,
+) -> Result<()> {
     let bundle = Bundle::load(bundle_path)?;
     if start {
         bundle.require_process()?;
     }
+    let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+    match (terminal, console_socket) {
+        (true, None) => bail!("process.terminal is true: a detached container needs --console-socket to hand the terminal to"),
+        (false, Some(_)) => bail!("--console-socket needs a terminal, but process.terminal is false"),
+        _ => {}
+    }
     let dir = StateDir::new(&cli.root, id)?;
     dir.create()?;
-    let result = spawn_supervisor(cli, &bundle, &dir);
+    let result = spawn_supervisor(cli, &bundle, &dir, console_socket);
     let pid = match result {
         Ok(pid) => pid,
         Err(e) => {
@@ -161,10 +188,14 @@ fn create(cli: &Cli, bundle_path: &Path, pid_file: Option<&Path>, id: &str, star
     Ok(())
 }
 
-fn spawn_supervisor(cli: &Cli, bundle: &Bundle, dir: &StateDir) -> Result<u32> {
+fn spawn_supervisor(cli: &Cli, bundle: &Bundle, dir: &StateDir, console_socket: Option<&Path>) -> Result<u32> {
     let mut cmd = Process::new(supervisor::self_exe()?);
     global_args(cli, &mut cmd);
-    cmd.arg("supervise").arg("--bundle").arg(&bundle.dir).arg("--ready-fd").arg("3").arg(dir.id());
+    cmd.arg("supervise").arg("--bundle").arg(&bundle.dir).arg("--ready-fd").arg("3");
+    if let Some(socket) = console_socket {
+        cmd.arg("--console-socket").arg(socket);
+    }
+    cmd.arg(dir.id());
     spawn_detached(cmd, dir.dir.join("supervisor.log"))
 }
 
@@ -231,7 +262,7 @@ pub(super) fn take_ready_fd(ready_fd: i32) -> File {
 
 /// The detached supervisor: report creation on `ready_fd`, then serve until the container
 /// exits, and exit with its status.
-fn supervise(cli: &Cli, bundle: &Path, ready_fd: i32, id: &str, config: &SandboxConfig) -> i32 {
+fn supervise(cli: &Cli, bundle: &Path, ready_fd: i32, id: &str, config: &SandboxConfig, console: &Console) -> i32 {
     let mut ready = take_ready_fd(ready_fd);
     let dir = match StateDir::new(&cli.root, id) {
         Ok(d) => d,
@@ -241,7 +272,7 @@ fn supervise(cli: &Cli, bundle: &Path, ready_fd: i32, id: &str, config: &Sandbox
         }
     };
     let created = Supervisor::block_forwarded_signals()
-        .and_then(|signals| Supervisor::create(dir.clone(), &Bundle::load(bundle)?, config, signals));
+        .and_then(|signals| Supervisor::create(dir.clone(), &Bundle::load(bundle)?, config, console, signals));
     match created {
         Ok(sup) => {
             let _ = ready.write_all(b"ok\n");

@@ -7,6 +7,7 @@
 //! its status, which is what podman/conmon wait on.
 
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::Command as Process;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use super::commands::{global_args, spawn_detached, take_ready_fd, write_pid_file
 use super::Cli;
 use crate::state::{StateDir, Status};
 use crate::supervisor::control::{request, request_reply, ControlRequest};
-use crate::stdio;
+use crate::terminal::{self, Console, Tty};
 use crate::supervisor::{self, Supervisor};
 
 #[derive(Args, Debug, Clone)]
@@ -27,7 +28,7 @@ pub struct ExecArgs {
     /// OCI `process` JSON to run instead of COMMAND.
     #[arg(short, long)]
     pub process: Option<PathBuf>,
-    /// Allocate a terminal (needs --console-socket).
+    /// Allocate a terminal (this process's own, or one sent to --console-socket).
     #[arg(short, long)]
     pub tty: bool,
     #[arg(long)]
@@ -67,12 +68,14 @@ pub fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
         other => bail!("cannot exec in a container that is {}", other.as_str()),
     }
     let process = build_process(&state.bundle, args)?;
-    if process["terminal"] == json!(true) {
-        bail!("exec with a terminal (-t) is not supported yet");
-    }
+    let terminal = process["terminal"] == json!(true);
     if args.detach {
+        if terminal && args.console_socket.is_none() {
+            bail!("exec -d with a terminal needs --console-socket to hand the terminal to");
+        }
         return detach(cli, args);
     }
+    let console = args.console_socket.clone().map(Console::Socket).unwrap_or(Console::Own);
 
     let signals = Supervisor::block_forwarded_signals()?;
     let exec_id = match args.ready_fd {
@@ -89,12 +92,25 @@ pub fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
         };
     }
     started?;
-    let mut relays = stdio::attach_own(&dir.vsock_socket(), &args.id, Some(&exec_id))?;
+    let (mut relays, tty) = terminal::attach(&dir.vsock_socket(), &args.id, Some(&exec_id), terminal, &console)?;
 
+    let forward_socket = socket.clone();
+    let forward_exec = exec_id.clone();
+    let size_of = tty.as_ref().map(Tty::watcher).transpose()?;
+    let resize = move || {
+        let Some((width, height)) = size_of.as_ref().and_then(|fd| terminal::size(fd.as_fd())) else { return };
+        let req = ControlRequest::Resize { exec_id: forward_exec.clone(), width, height };
+        let _ = request(&forward_socket, &req, Duration::from_secs(10));
+    };
+    resize();
     let forward_socket = socket.clone();
     let forward_exec = exec_id.clone();
     std::thread::Builder::new().name("exec-signals".into()).spawn(move || {
         while let Ok(sig) = signals.wait() {
+            if sig == nix::sys::signal::Signal::SIGWINCH {
+                resize();
+                continue;
+            }
             let req = ControlRequest::Kill { signal: sig as i32, all: false, exec_id: Some(forward_exec.clone()) };
             let _ = request(&forward_socket, &req, Duration::from_secs(10));
         }
@@ -128,6 +144,12 @@ fn detach(cli: &Cli, args: &ExecArgs) -> Result<i32> {
     }
     if args.no_new_privs {
         cmd.arg("--no-new-privs");
+    }
+    if args.tty {
+        cmd.arg("--tty");
+    }
+    if let Some(socket) = &args.console_socket {
+        cmd.arg("--console-socket").arg(socket);
     }
     cmd.arg(&args.id).arg("--").args(&args.command);
     cmd.env("HULL_EXEC_ID", new_exec_id());

@@ -62,6 +62,9 @@ pub enum Command {
         detach: bool,
         #[arg(long)]
         pid_file: Option<PathBuf>,
+        /// Unix socket to send the terminal's master to (when process.terminal is true).
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
         id: String,
     },
     /// Create a container (its VM boots; the process waits for `start`).
@@ -70,6 +73,9 @@ pub enum Command {
         bundle: PathBuf,
         #[arg(long)]
         pid_file: Option<PathBuf>,
+        /// Unix socket to send the terminal's master to (when process.terminal is true).
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
         id: String,
     },
     /// Start a created container's process.
@@ -125,6 +131,8 @@ pub enum Command {
         /// Inherited fd on which to report "ok" or the creation error.
         #[arg(long)]
         ready_fd: i32,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
         id: String,
     },
 }

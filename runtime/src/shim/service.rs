@@ -279,9 +279,6 @@ impl Service {
 
     fn create_container(self: &Arc<Self>, req: &CreateTaskRequest) -> anyhow::Result<()> {
         hull_protocol::validate_id(&req.id).map_err(|e| anyhow!("container id: {e}"))?;
-        if req.terminal {
-            anyhow::bail!("terminals are not supported yet by containerd-shim-hull-v2");
-        }
         let bundle_dir = PathBuf::from(&req.bundle);
         let rootfs = bundle_dir.join("rootfs");
         let mut undo = Vec::new();
@@ -576,9 +573,6 @@ impl Task for TaskService {
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        if req.terminal {
-            return Err(rpc_error(Code::UNIMPLEMENTED, "terminals are not supported yet by containerd-shim-hull-v2"));
-        }
         hull_protocol::validate_id(&req.exec_id).map_err(|e| rpc_error(Code::INVALID_ARGUMENT, format!("exec id: {e}")))?;
         let spec: serde_json::Value = serde_json::from_slice(&req.spec.value)
             .map_err(|e| rpc_error(Code::INVALID_ARGUMENT, format!("exec process spec: {e}")))?;
@@ -603,10 +597,20 @@ impl Task for TaskService {
 
     fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
         let mut tasks = self.lock();
+        let agent = tasks.agent()?;
         let process = tasks.process(&req.id, &req.exec_id)?;
         if !process.terminal {
             return Err(rpc_error(Code::FAILED_PRECONDITION, format!("{} has no terminal to resize", req.id)));
         }
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        agent
+            .call(RequestBody::ResizeTerminal {
+                container_id: req.id.clone(),
+                exec_id: (!req.exec_id.is_empty()).then(|| req.exec_id.clone()),
+                width: clamp(req.width),
+                height: clamp(req.height),
+            })
+            .map_err(internal)?;
         Ok(Empty::new())
     }
 

@@ -28,6 +28,8 @@ pub enum ControlRequest {
     Exec { exec_id: String, process: serde_json::Value },
     /// Answer once exec `exec_id` has ended, with its status.
     WaitExec { exec_id: String },
+    /// Set the size of exec `exec_id`'s terminal.
+    Resize { exec_id: String, width: u16, height: u16 },
     Pause,
     Resume,
     /// List the container's processes.

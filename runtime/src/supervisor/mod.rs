@@ -30,6 +30,7 @@ use crate::network;
 use crate::sandbox::{Sandbox, SandboxConfig, SharedRootfs};
 use crate::spec;
 use crate::stdio;
+use crate::terminal::{self, Console, Tty};
 use crate::state::{now_rfc3339, State, StateDir, Status};
 use control::{ControlReply, ControlRequest, Incoming};
 
@@ -56,6 +57,8 @@ pub struct Supervisor {
     network: Option<network::Attachment>,
     hooks: Option<oci_spec::runtime::Hooks>,
     relays: Option<stdio::Relays>,
+    /// The host terminal the container's terminal mirrors, if it has one.
+    tty: Option<Tty>,
     /// Statuses of exec'd processes that ended, and the `wait_exec` callers still waiting.
     exec_exits: HashMap<String, i32>,
     exec_waiters: HashMap<String, Vec<Sender<ControlReply>>>,
@@ -70,6 +73,8 @@ impl Supervisor {
     pub fn block_forwarded_signals() -> Result<SigSet> {
         let mut set = SigSet::empty();
         FORWARDED.iter().for_each(|s| set.add(*s));
+        // Not forwarded: a terminal's size change, mirrored into the guest instead.
+        set.add(Signal::SIGWINCH);
         set.thread_block()?;
         Ok(set)
     }
@@ -77,7 +82,13 @@ impl Supervisor {
     /// Boot the sandbox and create the container in it (status `created`). The state dir
     /// must exist; on error everything this started is stopped again and the caller removes
     /// the state dir.
-    pub fn create(dir: StateDir, bundle: &Bundle, config: &SandboxConfig, signals: SigSet) -> Result<Supervisor> {
+    pub fn create(
+        dir: StateDir,
+        bundle: &Bundle,
+        config: &SandboxConfig,
+        console: &Console,
+        signals: SigSet,
+    ) -> Result<Supervisor> {
         let id = dir.id();
         let assets = Assets::locate()?;
         let mut state = State {
@@ -116,7 +127,8 @@ impl Supervisor {
             Err(e) => return Err(e.context("creating the container in the guest")),
         }
         // On any error, dropping the sandbox stops the VM and its daemons.
-        let relays = stdio::attach_own(sandbox.vsock_socket(), &id, None)?;
+        let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+        let (relays, tty) = terminal::attach(sandbox.vsock_socket(), &id, None, terminal, console)?;
         let hooks = bundle.spec.hooks().clone();
         hooks::run(hooks.as_ref(), hooks::Point::Prestart, &state)?;
         hooks::run(hooks.as_ref(), hooks::Point::CreateRuntime, &state)?;
@@ -129,12 +141,14 @@ impl Supervisor {
             network,
             hooks,
             relays: Some(relays),
+            tty,
             tx,
             rx,
             exec_exits: HashMap::new(),
             exec_waiters: HashMap::new(),
         };
         sup.spawn_watchers(signals)?;
+        sup.mirror_terminal_size(None);
         state = sup.state.clone();
         state.status = Status::Created;
         sup.set_state(state)?;
@@ -248,6 +262,7 @@ impl Supervisor {
                     let how = self.sandbox.check_alive().err().map(|e| e.to_string()).unwrap_or_else(|| format!("{name} exited"));
                     break self.fail(&format!("sandbox process failed: {how}"));
                 }
+                Msg::Signal(sig) if sig == libc::SIGWINCH => self.mirror_terminal_size(None),
                 Msg::Signal(sig) => {
                     if let Err(e) = self.signal(sig, false, None) {
                         tracing::warn!("forwarding signal {sig}: {e:#}");
@@ -279,6 +294,10 @@ impl Supervisor {
                 }
                 return None;
             }
+            ControlRequest::Resize { exec_id, width, height } => {
+                self.mirror_terminal_size(Some((exec_id, width, height)));
+                Ok(())
+            }
             ControlRequest::Pause => self.pause(true),
             ControlRequest::Resume => self.pause(false),
             ControlRequest::Ps => {
@@ -298,6 +317,21 @@ impl Supervisor {
         };
         let _ = reply.send(ControlReply::from_result(result));
         None
+    }
+
+    /// Give the guest terminal of the init (or of an exec) the host terminal's size.
+    fn mirror_terminal_size(&self, exec: Option<(String, u16, u16)>) {
+        let (exec_id, width, height) = match exec {
+            Some((id, w, h)) => (Some(id), w, h),
+            None => match self.tty.as_ref().and_then(Tty::size) {
+                Some((w, h)) => (None, w, h),
+                None => return,
+            },
+        };
+        let call = RequestBody::ResizeTerminal { container_id: self.state.id.clone(), exec_id, width, height };
+        if let Err(e) = self.sandbox.agent.call(call) {
+            tracing::warn!("resizing the container's terminal: {e:#}");
+        }
     }
 
     fn signal(&self, signal: i32, all: bool, exec_id: Option<String>) -> Result<()> {
