@@ -230,6 +230,16 @@ impl Registry {
         Ok(())
     }
 
+    pub fn stats(&self, id: &str) -> Result<hull_protocol::ContainerStats> {
+        self.known(id)?;
+        Ok(crate::cgroup::stats(id))
+    }
+
+    pub fn update(&self, id: &str, update: &hull_protocol::ResourceUpdate) -> Result<()> {
+        self.known(id)?;
+        crate::cgroup::update(id, update)
+    }
+
     pub fn pause(&self, id: &str) -> Result<()> {
         self.known(id)?;
         load(id)?.pause().context("pausing the container")
@@ -292,7 +302,7 @@ impl Registry {
         proc.stdio.remove(&StreamKind::Stdin);
         let (id, exec_id) = (id.clone(), exec_id.clone());
         let mut events = Vec::new();
-        let kills = oom_kills(&id);
+        let kills = crate::cgroup::oom_kills(&id);
         let seen = inner.oom_kills_seen.entry(id.clone()).or_default();
         if kills > *seen {
             *seen = kills;
@@ -317,13 +327,4 @@ fn path_str(p: &Path) -> Result<&str> {
 
 fn load(id: &str) -> Result<LcContainer> {
     LcContainer::load(PathBuf::from(STATE_ROOT).join(id)).with_context(|| format!("loading container {id}"))
-}
-
-/// How many processes of container `id` the OOM killer has killed (cgroup v2 `memory.events`).
-fn oom_kills(id: &str) -> u64 {
-    let events = fs::read_to_string(format!("/sys/fs/cgroup/hull/{id}/memory.events")).unwrap_or_default();
-    events
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
-        .unwrap_or(0)
 }

@@ -159,6 +159,11 @@ fn dispatch(registry: &Registry, events: &EventSink, body: RequestBody) -> Resul
             Reply::Empty
         }
         RequestBody::ListProcesses { container_id } => Reply::Processes { processes: registry.processes(&container_id)? },
+        RequestBody::ContainerStats { container_id } => Reply::Stats { stats: registry.stats(&container_id)? },
+        RequestBody::UpdateResources { container_id, update } => {
+            registry.update(&container_id, &update)?;
+            Reply::Empty
+        }
         RequestBody::ResizeTerminal { container_id, exec_id, width, height } => {
             registry.resize_terminal(&container_id, exec_id.as_deref(), width, height)?;
             Reply::Empty

@@ -9,6 +9,7 @@
 //! calling thread and a multi-threaded PID 1 must not do that. Once the helper exits, the
 //! container's init is re-parented to us and reaped by [`reaper`].
 
+mod cgroup;
 mod containers;
 mod control;
 mod create_helper;

@@ -134,6 +134,24 @@ impl Cri {
         self.call(async move |c| c.container_status(request).await).expect("ContainerStatus").status.expect("a status")
     }
 
+    pub fn update_memory_limit(&mut self, container: &str, bytes: i64) -> Result<(), tonic::Status> {
+        let request = k8s_cri::v1::UpdateContainerResourcesRequest {
+            container_id: container.into(),
+            linux: Some(LinuxContainerResources { memory_limit_in_bytes: bytes, ..Default::default() }),
+            ..Default::default()
+        };
+        self.call(async move |c| c.update_container_resources(request).await).map(|_| ())
+    }
+
+    /// CRI's ContainerStats: `(memory working set bytes, cpu usage core-nanoseconds)`.
+    pub fn container_stats(&mut self, container: &str) -> (u64, u64) {
+        let request = k8s_cri::v1::ContainerStatsRequest { container_id: container.into() };
+        let stats = self.call(async move |c| c.container_stats(request).await).expect("ContainerStats").stats.expect("stats");
+        let memory = stats.memory.and_then(|m| m.working_set_bytes).map(|v| v.value).unwrap_or(0);
+        let cpu = stats.cpu.and_then(|c| c.usage_core_nano_seconds).map(|v| v.value).unwrap_or(0);
+        (memory, cpu)
+    }
+
     pub fn stop_container(&mut self, container: &str) {
         let request = StopContainerRequest { container_id: container.into(), timeout: 5 };
         self.call(async move |c| c.stop_container(request).await).expect("StopContainer");

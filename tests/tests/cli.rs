@@ -188,3 +188,33 @@ fn twenty_parallel_creates_all_succeed_and_racing_verbs_never_corrupt_state() {
     let _ = env.hull_out(&["delete", "--force", "p0"]);
     env.assert_clean();
 }
+
+#[test]
+fn events_report_guest_usage_and_update_changes_limits() {
+    let env = Env::new("resources");
+    let b = env.bundle("b", &["sleep", "300"]);
+    assert!(env.hull_detached(&["run", "-d", "--bundle", b.path(), "r"]).status.success());
+    let read = || -> serde_json::Value {
+        let out = env.hull_out(&["events", "--stats", "r"]);
+        assert!(out.status.success(), "events: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let before = read();
+    assert_eq!(before["type"], "stats");
+    assert!(before["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0, "{before}");
+    assert!(before["data"]["pids"]["current"].as_u64().unwrap() >= 1, "{before}");
+    assert!(before["data"]["cpu"]["usage"]["total"].as_u64().unwrap() > 0, "{before}");
+
+    let out = env.hull_out(&["update", "--memory", "64m", "--pids-limit", "10", "r"]);
+    assert!(out.status.success(), "update: {}", text(&out.stderr));
+    let after = read();
+    assert_eq!(after["data"]["memory"]["usage"]["limit"], 64 << 20, "{after}");
+    assert_eq!(after["data"]["pids"]["limit"], 10, "{after}");
+
+    let out = env.hull_out(&["update", "--memory", "lots", "r"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("--memory"), "{}", text(&out.stderr));
+    let out = env.hull_out(&["update", "--cpu-shares", "2", "--cpuset-cpus", "0;x", "r"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("cpu.cpus"), "{}", text(&out.stderr));
+    assert!(env.hull_out(&["delete", "--force", "r"]).status.success());
+    env.assert_clean();
+}

@@ -68,6 +68,9 @@ fn ctr_task_exec_ps_pause_resume_kill_delete_with_events() {
     assert_eq!(out.status.code(), Some(5), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "exec says hi\n1\n", "the exec must see the init's files and pid namespace");
 
+    let metrics = c.ctr_ok(&["task", "metrics", "t1"]);
+    assert!(metrics.contains("memory.usage") && metrics.contains("pids.current"), "guest cgroup metrics: {metrics}");
+
     let ps = c.ctr_ok(&["task", "ps", "t1"]);
     assert!(ps.lines().count() >= 2, "ps shows the guest processes: {ps}");
 

@@ -104,6 +104,14 @@ fn separate_pid_namespaces_exit_codes_and_oom_killed() {
     let out = cri.exec_sync(&sleeper, &["sh", "-c", "echo out; echo err >&2; exit 4"]);
     assert_eq!((text(&out.stdout).as_str(), text(&out.stderr).as_str(), out.exit_code), ("out\n", "err\n", 4));
 
+    // Stats come from the guest cgroup; limits can change while the container runs.
+    let (memory, cpu) = cri.container_stats(&sleeper);
+    assert!(memory > 0 && cpu > 0, "ContainerStats: memory {memory}, cpu {cpu}");
+    cri.update_memory_limit(&sleeper, 64 << 20).unwrap_or_else(|e| panic!("UpdateContainerResources: {e}"));
+    // CRI on a cgroup v1 host asks for no cgroup namespace: the guest's whole tree shows.
+    let out = cri.exec_sync(&sleeper, &["sh", "-c", "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max"]);
+    assert_eq!(text(&out.stdout).trim(), (64u64 << 20).to_string(), "stderr: {}", text(&out.stderr));
+
     let exits = cri
         .start_container(&pod, ContainerSpec { name: "exits", image: IMAGE, args: &["sh", "-c", "exit 7"], ..Default::default() })
         .unwrap();

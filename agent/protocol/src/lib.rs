@@ -14,10 +14,12 @@
 pub mod frame;
 pub mod messages;
 pub mod network;
+pub mod resources;
 pub mod stream;
 
 pub use frame::{decode_body, encode, read_frame, write_frame, FrameError, MAX_FRAME};
 pub use messages::*;
+pub use resources::{ContainerStats, ResourceUpdate};
 pub use stream::{StreamHeader, StreamKind};
 
 /// vsock port of the agent's control server.

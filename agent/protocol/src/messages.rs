@@ -43,6 +43,10 @@ pub enum RequestBody {
     ResumeContainer { container_id: String },
     /// The container's processes (guest pids and command lines).
     ListProcesses { container_id: String },
+    /// Read the container's cgroup counters.
+    ContainerStats { container_id: String },
+    /// Change the container's limits.
+    UpdateResources { container_id: String, update: crate::ResourceUpdate },
     /// Set the window size of a process's terminal (the init's without `exec_id`).
     ResizeTerminal {
         container_id: String,
@@ -76,6 +80,7 @@ pub enum Reply {
     /// Guest pid of a container's init.
     Created { pid: i32 },
     Processes { processes: Vec<ProcessInfo> },
+    Stats { stats: crate::ContainerStats },
 }
 
 /// Longest command line reported per process; the rest is cut.

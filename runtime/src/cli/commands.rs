@@ -86,6 +86,8 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Ps { format, id } => super::inspect::ps(cli, id, *format),
         Command::List { format, quiet } => super::inspect::list(cli, *format, *quiet),
         Command::Features => super::inspect::features(),
+        Command::Events { stats, interval, id } => super::resources::events(cli, id, *stats, *interval),
+        Command::Update(args) => super::resources::update(cli, args),
         Command::Supervise { bundle, ready_fd, console_socket, id } => {
             let console = console_socket.clone().map(Console::Socket).unwrap_or(Console::None);
             Ok(supervise(cli, bundle, *ready_fd, id, &config, &console))

@@ -4,6 +4,7 @@ mod commands;
 mod exec;
 mod inspect;
 mod logging;
+mod resources;
 mod signal;
 
 use std::path::PathBuf;
@@ -108,6 +109,17 @@ pub enum Command {
         format: Format,
         id: String,
     },
+    /// Print a container's resource usage as JSON: once with --stats, else every --interval.
+    Events {
+        #[arg(long)]
+        stats: bool,
+        /// Seconds between readings.
+        #[arg(long, default_value_t = 5)]
+        interval: u64,
+        id: String,
+    },
+    /// Change a running container's resource limits.
+    Update(resources::UpdateArgs),
     /// List containers.
     List {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]

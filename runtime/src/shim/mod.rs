@@ -8,6 +8,7 @@
 //! - `delete`: clean up after a daemon that died, and report the task as killed.
 
 mod events;
+mod metrics;
 mod mounts;
 mod service;
 

@@ -522,13 +522,7 @@ impl Task for TaskService {
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
-        let agent = {
-            let tasks = self.lock();
-            if !tasks.containers.contains_key(&req.id) {
-                return Err(not_found(&req.id, ""));
-            }
-            tasks.agent()?
-        };
+        let agent = self.agent_for(&req.id)?;
         match agent.call(RequestBody::ListProcesses { container_id: req.id.clone() }).map_err(internal)? {
             Reply::Processes { processes } => Ok(PidsResponse {
                 processes: processes
@@ -626,8 +620,13 @@ impl Task for TaskService {
     }
 
     fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
-        let _ = req;
-        Err(rpc_error(Code::UNIMPLEMENTED, "updating resources of a running container is not supported by hull yet"))
+        let resources: serde_json::Value = serde_json::from_slice(&req.resources.value)
+            .map_err(|e| rpc_error(Code::INVALID_ARGUMENT, format!("resources: not OCI linux.resources JSON: {e}")))?;
+        let update = hull_protocol::ResourceUpdate::from_oci(&resources)
+            .map_err(|e| rpc_error(Code::INVALID_ARGUMENT, format!("resources: {e}")))?;
+        let agent = self.agent_for(&req.id)?;
+        agent.call(RequestBody::UpdateResources { container_id: req.id.clone(), update }).map_err(internal)?;
+        Ok(Empty::new())
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
@@ -643,8 +642,11 @@ impl Task for TaskService {
     }
 
     fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
-        let _ = req;
-        Err(rpc_error(Code::UNIMPLEMENTED, "stats are not collected from the guest yet"))
+        let agent = self.agent_for(&req.id)?;
+        match agent.call(RequestBody::ContainerStats { container_id: req.id.clone() }).map_err(internal)? {
+            Reply::Stats { stats } => Ok(StatsResponse { stats: MessageField::some(super::metrics::to_any(&stats)), ..Default::default() }),
+            other => Err(internal(anyhow!("agent answered stats with {other:?}"))),
+        }
     }
 
     fn connect(&self, _ctx: &TtrpcContext, _req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
@@ -666,6 +668,15 @@ impl Task for TaskService {
 }
 
 impl Service {
+    /// The agent, for a call about container `id` (which must exist).
+    fn agent_for(&self, id: &str) -> TtrpcResult<Arc<AgentClient>> {
+        let tasks = self.lock();
+        if !tasks.containers.contains_key(id) {
+            return Err(not_found(id, ""));
+        }
+        tasks.agent()
+    }
+
     fn set_paused(&self, id: &str, pause: bool) -> TtrpcResult<Empty> {
         let mut tasks = self.lock();
         let agent = tasks.agent()?;

@@ -34,6 +34,10 @@ pub enum ControlRequest {
     Resume,
     /// List the container's processes.
     Ps,
+    /// Read the container's resource counters.
+    Stats,
+    /// Change the container's limits.
+    Update { update: hull_protocol::ResourceUpdate },
     /// Stop the container and the VM now (`delete --force`).
     Destroy,
 }
@@ -48,6 +52,9 @@ pub struct ControlReply {
     /// For `ps`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<Vec<hull_protocol::ProcessInfo>>,
+    /// For `stats`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<hull_protocol::ContainerStats>,
 }
 
 impl ControlReply {

@@ -310,6 +310,20 @@ impl Supervisor {
                 let _ = reply.send(answer);
                 return None;
             }
+            ControlRequest::Stats => {
+                let id = self.state.id.clone();
+                let answer = match self.sandbox.agent.call(RequestBody::ContainerStats { container_id: id }) {
+                    Ok(Reply::Stats { stats }) => ControlReply { stats: Some(stats), ..Default::default() },
+                    Ok(other) => ControlReply::failed(format!("agent answered stats with {other:?}")),
+                    Err(e) => ControlReply::failed(format!("{e:#}")),
+                };
+                let _ = reply.send(answer);
+                return None;
+            }
+            ControlRequest::Update { update } => {
+                let id = self.state.id.clone();
+                self.sandbox.agent.call(RequestBody::UpdateResources { container_id: id, update }).map(|_| ())
+            }
             ControlRequest::Destroy => {
                 let _ = reply.send(ControlReply::default());
                 return Some(128 + libc::SIGKILL);
