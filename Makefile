@@ -63,6 +63,7 @@ demo: install
 	@scripts/demo.sh
 
 bench: assets
+	@cargo build --release --locked -p hull-tests --bin containerd-bench
 	@HULL_ASSET_DIR=$(CURDIR)/$(ASSETS) bench/run.sh
 
 clean:

@@ -131,6 +131,9 @@ wait_http || { echo "bench: runc web container did not answer" >&2; exit 1; }
 read -r runc_mbs runc_lat <<<"$(net_measure)"
 runc --root "$work/runc" delete -f web >/dev/null 2>&1
 
+echo "bench: containerd (private instance): ctr run, CRI pods, pod memory" >&2
+containerd_rows=$(RUNS=$RUNS "$here/target/release/containerd-bench")
+
 cat <<TABLE
 | measurement (median of $RUNS, $(nproc) cores, $(date -u +%Y-%m-%d)) | value |
 |---|---|
@@ -140,4 +143,5 @@ cat <<TABLE
 | host memory (PSS) of one idle sandbox: supervisor, QEMU, virtiofsd, vsock backend ($nprocs processes) | $((pss_kib / 1024)) MiB |
 | HTTP GET of a 32 MiB file, host → container (hull / runc, same netns setup) | ${hull_mbs} / ${runc_mbs} MB/s |
 | HTTP GET /hello latency, host → container (hull / runc, median of 20) | ${hull_lat} / ${runc_lat} ms |
+$containerd_rows
 TABLE

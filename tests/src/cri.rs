@@ -60,6 +60,11 @@ impl Cri {
 
     /// RunPodSandbox with the `hull` handler; `share_pid` puts the containers in one pid namespace.
     pub fn run_pod(&mut self, name: &str, share_pid: bool) -> Result<Pod, tonic::Status> {
+        self.run_pod_with(name, "hull", share_pid)
+    }
+
+    /// RunPodSandbox with the runtime handler `handler` (`hull`, or `runc` to compare).
+    pub fn run_pod_with(&mut self, name: &str, handler: &str, share_pid: bool) -> Result<Pod, tonic::Status> {
         let log_directory = self.log_dir.join(name);
         std::fs::create_dir_all(&log_directory).unwrap();
         let config = PodSandboxConfig {
@@ -78,7 +83,7 @@ impl Cri {
             }),
             ..Default::default()
         };
-        let request = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: "hull".into() };
+        let request = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: handler.into() };
         let id = self.call(async move |c| c.run_pod_sandbox(request).await)?.pod_sandbox_id;
         Ok(Pod { id, config })
     }
