@@ -67,6 +67,7 @@ impl Bundle {
         }
         let netns = Self::network_namespace(&spec, &config)?;
         let binds = Self::bind_mounts(&spec, &dir, &config)?;
+        Self::check_tmpcopyup(&spec, &rootfs, &config)?;
         Ok(Bundle { dir, spec, rootfs, raw, netns, binds })
     }
 
@@ -90,6 +91,27 @@ impl Bundle {
             binds.push(BindMount { index, source, is_dir: kind.is_dir() });
         }
         Ok(binds)
+    }
+
+    /// runc's `tmpcopyup` (fill a tmpfs with what the image has at its mountpoint) is not
+    /// something the guest's runtime does; over an empty or missing directory it changes
+    /// nothing, and that is what podman's `--read-only` asks for (`/run`, `/tmp`, `/var/tmp`).
+    fn check_tmpcopyup(spec: &Spec, rootfs: &Path, config: &Path) -> Result<()> {
+        for (i, mount) in spec.mounts().clone().unwrap_or_default().iter().enumerate() {
+            if !mount.options().as_ref().is_some_and(|o| o.iter().any(|o| o == "tmpcopyup")) {
+                continue;
+            }
+            let target = rootfs.join(mount.destination().strip_prefix("/").unwrap_or(mount.destination()));
+            let has_content = std::fs::read_dir(&target).map(|mut d| d.next().is_some()).unwrap_or(false);
+            if has_content {
+                bail!(
+                    "{}: field `mounts[{i}].options`: tmpcopyup over {}, which is not empty, is not supported",
+                    config.display(),
+                    mount.destination().display()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// A VM cannot join the host's network: refuse a config without a network namespace.

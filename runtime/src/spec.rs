@@ -23,6 +23,18 @@ pub fn for_guest(raw: &Value, container_id: &str, binds: &[crate::bundle::BindMo
     for bind in binds {
         spec["mounts"][bind.index]["source"] = json!(format!("{base}/mounts/{}", bind.index));
     }
+    // The guest has no swap, so a swap limit has nothing to limit (and the guest's cgroup has
+    // no memory.swap.max to write it to): drop it, as runc does where swap is not accounted.
+    if let Some(memory) = spec.pointer_mut("/linux/resources/memory").and_then(Value::as_object_mut) {
+        memory.remove("swap");
+        memory.remove("swappiness");
+    }
+    // `tmpcopyup` has nothing to copy (the bundle check refused it otherwise).
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        for options in mounts.iter_mut().filter_map(|m| m["options"].as_array_mut()) {
+            options.retain(|o| o != "tmpcopyup");
+        }
+    }
     // Only the hooks that run in the container's namespaces go to the guest; the rest run on
     // the host (see `hooks`).
     if let Some(hooks) = spec.get_mut("hooks").and_then(|h| h.as_object_mut()) {

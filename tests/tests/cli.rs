@@ -218,3 +218,20 @@ fn events_report_guest_usage_and_update_changes_limits() {
     assert!(env.hull_out(&["delete", "--force", "r"]).status.success());
     env.assert_clean();
 }
+
+#[test]
+fn the_vm_grows_to_fit_the_containers_limits() {
+    let env = Env::new("sizing");
+    let b = env.bundle("b", &["sh", "-c", "grep MemTotal /proc/meminfo; nproc"]);
+    let host_cpus = std::thread::available_parallelism().unwrap().get().min(2);
+    b.edit(|c| {
+        c["linux"]["resources"] = serde_json::json!({"memory": {"limit": 1i64 << 30}, "cpu": {"quota": 200000, "period": 100000}});
+    });
+    let out = env.hull_out(&["run", "--bundle", b.path(), "big"]);
+    assert!(out.status.success(), "run: {}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let kib: u64 = shown.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!(kib > 1000 * 1024, "a 1 GiB limit needs a VM bigger than 1 GiB: {shown}");
+    assert_eq!(shown.lines().nth(1), Some(host_cpus.to_string().as_str()), "a quota of 2 CPUs gets 2 vCPUs (or all the host has): {shown}");
+    env.assert_clean();
+}

@@ -133,3 +133,28 @@ fn separate_pid_namespaces_exit_codes_and_oom_killed() {
     cri.remove_pod(&pod);
     c.assert_clean();
 }
+
+#[test]
+fn killing_a_pods_vmm_or_shim_ends_its_containers() {
+    let (c, mut cri) = setup("cri-crash");
+    let pod = cri.run_pod("doomed", true).unwrap_or_else(|e| panic!("RunPodSandbox: {e}\nshim log:\n{}", c.shim_log()));
+    let a = cri.start_container(&pod, ContainerSpec { name: "a", image: IMAGE, args: &["sleep", "605"], ..Default::default() }).unwrap();
+    let b = cri.start_container(&pod, ContainerSpec { name: "b", image: IMAGE, args: &["sleep", "606"], ..Default::default() }).unwrap();
+    let killed = std::process::Command::new("pkill").args(["-KILL", "-f", "qemu-system-x86_64.*/run/hull/shim/"]).status().unwrap();
+    assert!(killed.success(), "no VMM found to kill");
+    for id in [&a, &b] {
+        let status = wait_exited(&mut cri, id);
+        assert_eq!(status.exit_code, 255, "a container of a pod whose VM died: {status:?}");
+    }
+    cri.remove_pod(&pod);
+    c.assert_clean();
+
+    let pod = cri.run_pod("orphaned", true).unwrap();
+    let a = cri.start_container(&pod, ContainerSpec { name: "a", image: IMAGE, args: &["sleep", "607"], ..Default::default() }).unwrap();
+    let killed = std::process::Command::new("pkill").args(["-KILL", "-f", &format!("containerd-shim-hull-v2 .* -id {} ", pod.id)]).status().unwrap();
+    assert!(killed.success(), "no shim found to kill");
+    wait_exited(&mut cri, &a);
+    cri.remove_pod(&pod);
+    c.assert_clean();
+    assert_eq!(vm_count(), 0);
+}

@@ -151,3 +151,18 @@ fn killing_qemu_ends_the_run_with_an_error() {
 fn killing_virtiofsd_ends_the_run_with_an_error() {
     crash_mid_run("killvirtiofsd", "virtiofsd");
 }
+
+#[test]
+fn tmpcopyup_over_a_non_empty_directory_names_the_field() {
+    let env = Env::new("tmpcopyup");
+    let b = env.bundle("b", &["true"]);
+    std::fs::write(b.rootfs().join("etc/motd"), "image content\n").unwrap();
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({"destination": "/etc", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup"]}));
+    });
+    let index = {
+        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(b.dir.join("config.json")).unwrap()).unwrap();
+        config["mounts"].as_array().unwrap().len() - 1
+    };
+    expect_error(&env, &["run", "--bundle", b.path(), "c"], &format!("mounts[{index}].options"));
+}

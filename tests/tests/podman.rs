@@ -84,3 +84,48 @@ fn podman_run_and_exec_with_a_terminal() {
     assert!(out.status.success(), "rm: {}", text(&out.stderr));
     p.env.assert_clean();
 }
+
+#[test]
+fn podman_options_user_read_only_limits_caps_volumes_pause() {
+    let p = Podman::new("podman-opts");
+    let run = |args: &[&str]| -> (Option<i32>, String, String) {
+        let mut full = vec!["run", "--rm", "--network", "none"];
+        full.extend_from_slice(args);
+        let out = p.run(&full);
+        (out.status.code(), text(&out.stdout).trim().to_string(), text(&out.stderr))
+    };
+    let (code, out, err) = run(&["--user", "1000:1001", IMAGE, "sh", "-c", "id -u; id -g"]);
+    assert_eq!((code, out.as_str()), (Some(0), "1000\n1001"), "--user: {err}");
+
+    let (code, _, err) = run(&["--read-only", IMAGE, "touch", "/x"]);
+    assert_ne!(code, Some(0), "--read-only let the rootfs be written");
+    assert!(err.contains("Read-only file system"), "--read-only: {err}");
+
+    // The limits land on the container's cgroup in the guest.
+    let cgroup = "d=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); cat $d/memory.max $d/pids.max";
+    let (code, out, err) = run(&["--memory", "64m", "--pids-limit", "10", IMAGE, "sh", "-c", cgroup]);
+    assert_eq!((code, out.as_str()), (Some(0), "67108864\n10"), "--memory/--pids-limit: {err}");
+
+    let (code, out, err) = run(&["--cap-drop", "ALL", "--cap-add", "NET_RAW", IMAGE, "grep", "CapEff", "/proc/self/status"]);
+    assert_eq!(code, Some(0), "caps: {err}");
+    assert!(out.ends_with("0000000000002000"), "only CAP_NET_RAW (bit 13) is effective: {out}");
+
+    let volume = p.env.dir.join("vol");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::write(volume.join("from-host"), "host data\n").unwrap();
+    let mount = format!("{}:/data", volume.display());
+    let (code, out, err) = run(&["-v", &mount, IMAGE, "sh", "-c", "cat /data/from-host; echo guest data > /data/from-guest"]);
+    assert_eq!((code, out.as_str()), (Some(0), "host data"), "-v: {err}");
+    assert_eq!(std::fs::read_to_string(volume.join("from-guest")).unwrap(), "guest data\n");
+
+    let _ = p.run(&["rm", "-f", "hull-e2e-pause"]);
+    let out = p.run(&["run", "-d", "--name", "hull-e2e-pause", "--network", "none", IMAGE, "sleep", "300"]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let status = || text(&p.run(&["inspect", "-f", "{{.State.Status}}", "hull-e2e-pause"]).stdout).trim().to_string();
+    assert!(p.run(&["pause", "hull-e2e-pause"]).status.success());
+    assert_eq!(status(), "paused");
+    assert!(p.run(&["unpause", "hull-e2e-pause"]).status.success());
+    assert_eq!(status(), "running");
+    assert!(p.run(&["rm", "-f", "-t", "0", "hull-e2e-pause"]).status.success());
+    p.env.assert_clean();
+}

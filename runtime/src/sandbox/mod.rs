@@ -5,6 +5,7 @@
 //! hybrid vsock. Every step watches the processes already started, so a daemon that dies
 //! fails the boot at once with its name; a failed boot stops whatever was started.
 
+mod sizing;
 mod virtiofsd;
 mod vsock_backend;
 
@@ -102,10 +103,12 @@ impl Sandbox {
         crate::process::wait_for_path(&dir.virtiofsd_socket(), &mut fs_daemon, Duration::from_secs(10))?;
         procs.push(fs_daemon);
 
+        // no_timer_check: under TCG on a loaded host the kernel's early check that the timer
+        // reaches the IO-APIC can miss its ticks and panic ("IO-APIC + timer doesn't work").
         let vm = VmConfig {
             kernel: assets.kernel.clone(),
             initramfs: assets.initramfs.clone(),
-            cmdline: "console=ttyS0 quiet panic=-1 reboot=t nomodule".into(),
+            cmdline: "console=ttyS0 quiet panic=-1 reboot=t nomodule no_timer_check".into(),
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
             console_log: dir.console_log(),

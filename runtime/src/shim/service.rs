@@ -176,9 +176,10 @@ impl Service {
             .map(|t| Nic { tap_fd: std::os::fd::AsRawFd::as_raw_fd(&t.fd), mac: t.mac.clone() })
             .collect();
         let dir = self.dir.clone();
+        let config = SandboxConfig::default().sized_for(&bundle.spec);
         let sandbox = self.on_main_thread(move || {
             let assets = Assets::locate()?;
-            Sandbox::boot(&dir, &assets, &SandboxConfig::default(), None, nics)
+            Sandbox::boot(&dir, &assets, &config, None, nics)
         })??;
         if let Some(net) = &network {
             sandbox

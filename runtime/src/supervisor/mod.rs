@@ -113,7 +113,9 @@ impl Supervisor {
             dir.write(&state)?;
         }
         let nics = network.iter().flat_map(|n| &n.taps).map(|t| Nic { tap_fd: t.fd.as_raw_fd(), mac: t.mac.clone() }).collect();
-        let sandbox = Sandbox::boot(&dir, &assets, config, Some(&rootfs), nics)?;
+        let config = config.sized_for(&bundle.spec);
+        tracing::info!(vcpus = config.vcpus, memory_mib = config.memory_mib, "sandbox size");
+        let sandbox = Sandbox::boot(&dir, &assets, &config, Some(&rootfs), nics)?;
         if let Some(net) = &network {
             sandbox
                 .agent
