@@ -165,6 +165,14 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        // A test that failed midway may have left containers running; their VMs must not
+        // outlive it and slow every test after it.
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                let id = entry.file_name().to_string_lossy().into_owned();
+                let _ = self.hull().args(["delete", "--force", &id]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            }
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -235,3 +235,34 @@ fn the_vm_grows_to_fit_the_containers_limits() {
     assert_eq!(shown.lines().nth(1), Some(host_cpus.to_string().as_str()), "a quota of 2 CPUs gets 2 vCPUs (or all the host has): {shown}");
     env.assert_clean();
 }
+
+#[test]
+fn runc_flags_are_accepted_or_refused_clearly() {
+    let env = Env::new("flags");
+    let b = env.bundle("b", &["sh", "-c", "echo ran; exit 3"]);
+    let out = env.hull_out(&["--systemd-cgroup", "run", "--no-pivot", "--no-new-keyring", "--preserve-fds", "0", "--no-subreaper", "--keep", "--bundle", b.path(), "k"]);
+    assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(3), "ran\n"), "stderr: {}", text(&out.stderr));
+    // --keep: the stopped container stays until deleted.
+    let state = text(&env.hull_out(&["state", "k"]).stdout);
+    assert!(state.contains("\"stopped\""), "{state}");
+    assert!(env.hull_out(&["delete", "k"]).status.success());
+
+    for (args, needle) in [
+        (vec!["create", "--preserve-fds", "2", "--bundle", b.path(), "p"], "--preserve-fds"),
+        (vec!["--rootless", "true", "list"], "--rootless"),
+        (vec!["checkpoint", "k"], "not supported"),
+    ] {
+        let out = env.hull_out(&args);
+        assert!(!out.status.success() && text(&out.stderr).contains(needle), "{args:?}: {}", text(&out.stderr));
+    }
+
+    let s = env.bundle("s", &["sleep", "300"]);
+    assert!(env.hull_detached(&["run", "-d", "--bundle", s.path(), "x"]).status.success());
+    let out = env.hull_out(&["exec", "-g", "10", "-g", "20", "x", "id", "-G"]);
+    let groups = text(&out.stdout);
+    assert!(groups.split_whitespace().any(|g| g == "10") && groups.split_whitespace().any(|g| g == "20"), "exec -g: {groups}");
+    let out = env.hull_out(&["exec", "--preserve-fds", "1", "x", "true"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("--preserve-fds"), "{}", text(&out.stderr));
+    assert!(env.hull_out(&["delete", "--force", "x"]).status.success());
+    env.assert_clean();
+}

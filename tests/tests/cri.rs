@@ -80,6 +80,14 @@ fn a_pod_is_one_vm_whose_containers_share_its_network_and_pid_namespace() {
     assert!(ip.starts_with("10.201.0."), "pod ip {ip:?}");
     let out = std::process::Command::new("curl").args(["-s", "--max-time", "10", &format!("http://{ip}:8080/hello")]).output().unwrap();
     assert_eq!(text(&out.stdout), "pod-ok\n", "curl from the host via {CNI_BRIDGE}");
+    // …and from a runc pod on the same CNI network.
+    let neighbour = cri.run_pod_with("neighbour", "runc", true).unwrap_or_else(|e| panic!("runc RunPodSandbox: {e}"));
+    let fetcher = cri
+        .start_container(&neighbour, ContainerSpec { name: "fetcher", image: IMAGE, args: &["sleep", "600"], ..Default::default() })
+        .unwrap();
+    let out = cri.exec_sync(&fetcher, &["wget", "-qO-", &format!("http://{ip}:8080/hello")]);
+    assert_eq!(text(&out.stdout), "pod-ok\n", "a runc pod fetching from the hull pod: {}", text(&out.stderr));
+    cri.remove_pod(&neighbour);
 
     cri.stop_container(&web);
     let status = wait_exited(&mut cri, &web);

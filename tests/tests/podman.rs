@@ -126,6 +126,10 @@ fn podman_options_user_read_only_limits_caps_volumes_pause() {
     assert_eq!(status(), "paused");
     assert!(p.run(&["unpause", "hull-e2e-pause"]).status.success());
     assert_eq!(status(), "running");
+    // stop: SIGTERM, then SIGKILL after the timeout (sleep ignores neither; it dies of TERM).
+    let out = p.run(&["stop", "-t", "5", "hull-e2e-pause"]);
+    assert!(out.status.success(), "stop: {}", text(&out.stderr));
+    assert_eq!(status(), "exited");
     assert!(p.run(&["rm", "-f", "-t", "0", "hull-e2e-pause"]).status.success());
     p.env.assert_clean();
 }

@@ -22,18 +22,27 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub fn dispatch(cli: &Cli) -> Result<i32> {
     let config = SandboxConfig { backend: cli.backend, ..SandboxConfig::default() };
+    if cli.rootless == "true" {
+        bail!("--rootless true: hull needs root (KVM, tap devices and mounts)");
+    }
     match &cli.command {
-        Command::Run { bundle, detach: false, pid_file, console_socket, id } => {
+        Command::Run { bundle, detach: false, pid_file, console_socket, keep, compat, id, .. } => {
+            compat.check()?;
             let console = console_socket.clone().map(Console::Socket).unwrap_or(Console::Own);
-            run_foreground(cli, bundle, pid_file.as_deref(), id, &config, &console)
+            run_foreground(cli, bundle, pid_file.as_deref(), id, &config, &console, *keep)
         }
-        Command::Run { bundle, detach: true, pid_file, console_socket, id } => {
+        Command::Run { bundle, detach: true, pid_file, console_socket, compat, id, .. } => {
+            compat.check()?;
             create(cli, bundle, pid_file.as_deref(), console_socket.as_deref(), id, true)?;
             Ok(0)
         }
-        Command::Create { bundle, pid_file, console_socket, id } => {
+        Command::Create { bundle, pid_file, console_socket, compat, id } => {
+            compat.check()?;
             create(cli, bundle, pid_file.as_deref(), console_socket.as_deref(), id, false)?;
             Ok(0)
+        }
+        Command::Checkpoint { .. } | Command::Restore { .. } => {
+            bail!("checkpoint/restore is not supported: a container's memory lives inside its VM")
         }
         Command::Start { id } => {
             let dir = StateDir::new(&cli.root, id)?;
@@ -115,6 +124,7 @@ fn run_foreground(
     id: &str,
     config: &SandboxConfig,
     console: &Console,
+    keep: bool,
 ) -> Result<i32> {
     let bundle = Bundle::load(bundle)?;
     bundle.require_process()?;
@@ -132,7 +142,10 @@ fn run_foreground(
         }
         Ok(sup.serve())
     })();
-    // runc's `run` removes the container once it has exited.
+    // runc's `run` removes the container once it has exited, unless asked to keep it.
+    if keep {
+        return result;
+    }
     if let Ok(state) = dir.read() {
         run_poststop(&state);
     }

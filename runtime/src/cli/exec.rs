@@ -51,6 +51,25 @@ pub struct ExecArgs {
     pub caps: Vec<String>,
     #[arg(long)]
     pub no_new_privs: bool,
+    /// Additional group ids; repeatable.
+    #[arg(short = 'g', long = "additional-gids")]
+    pub additional_gids: Vec<u32>,
+    /// Pass this many extra fds (from 3); only 0 is possible, as fds cannot enter a VM.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Accepted for runc compatibility: the guest has no SELinux or AppArmor.
+    #[arg(long)]
+    pub process_label: Option<String>,
+    /// Accepted for runc compatibility: the guest has no SELinux or AppArmor.
+    #[arg(long)]
+    pub apparmor: Option<String>,
+    /// Accepted for runc compatibility: the exec joins the container's cgroup in the guest.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// Accepted for runc compatibility; a paused container still refuses exec (its VM's
+    /// processes are frozen).
+    #[arg(long)]
+    pub ignore_paused: bool,
     /// Internal: report readiness on this fd (the detached copy `-d` starts).
     #[arg(long, hide = true)]
     pub ready_fd: Option<i32>,
@@ -145,6 +164,9 @@ fn detach(cli: &Cli, args: &ExecArgs) -> Result<i32> {
     if args.no_new_privs {
         cmd.arg("--no-new-privs");
     }
+    for gid in &args.additional_gids {
+        cmd.arg("--additional-gids").arg(gid.to_string());
+    }
     if args.tty {
         cmd.arg("--tty");
     }
@@ -234,6 +256,12 @@ fn build_process(bundle: &std::path::Path, args: &ExecArgs) -> Result<Value> {
     }
     if args.no_new_privs {
         process["noNewPrivileges"] = json!(true);
+    }
+    if !args.additional_gids.is_empty() {
+        process["user"]["additionalGids"] = json!(args.additional_gids);
+    }
+    if args.preserve_fds > 0 {
+        bail!("--preserve-fds {}: open file descriptors cannot be passed into a VM", args.preserve_fds);
     }
     if args.console_socket.is_some() && !args.tty {
         bail!("--console-socket needs --tty");

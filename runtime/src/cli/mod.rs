@@ -32,8 +32,41 @@ pub struct Cli {
     /// Hypervisor backend: auto (hull-vmm on hardware KVM, QEMU otherwise), qemu or hull-vmm.
     #[arg(long, global = true, default_value = "auto", value_parser = parse_backend)]
     pub backend: BackendKind,
+    /// Accepted for runc compatibility: a container's cgroup lives in its VM, so the host's
+    /// cgroup manager is not involved.
+    #[arg(long, global = true)]
+    pub systemd_cgroup: bool,
+    /// runc's rootless mode; hull needs root (KVM, taps, mounts), so only false/auto are accepted.
+    #[arg(long, global = true, default_value = "auto")]
+    pub rootless: String,
+    /// Accepted for runc compatibility (checkpoints are not supported).
+    #[arg(long, global = true, hide = true)]
+    pub criu: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// runc's create-time flags that mean nothing or cannot work across a VM boundary.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CreateCompat {
+    /// Accepted: the guest always uses pivot_root (its root is a tmpfs, where that works).
+    #[arg(long)]
+    pub no_pivot: bool,
+    /// Accepted: the container's session keyring lives in the guest kernel either way.
+    #[arg(long)]
+    pub no_new_keyring: bool,
+    /// Pass this many extra fds (from 3); only 0 is possible, as fds cannot enter a VM.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+}
+
+impl CreateCompat {
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.preserve_fds > 0 {
+            anyhow::bail!("--preserve-fds {}: open file descriptors cannot be passed into a VM", self.preserve_fds);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -66,6 +99,14 @@ pub enum Command {
         /// Unix socket to send the terminal's master to (when process.terminal is true).
         #[arg(long)]
         console_socket: Option<PathBuf>,
+        /// Keep the container's state after it exits (delete it with `hull delete`).
+        #[arg(long)]
+        keep: bool,
+        /// Accepted for runc compatibility (the supervisor reaps only its own children).
+        #[arg(long)]
+        no_subreaper: bool,
+        #[command(flatten)]
+        compat: CreateCompat,
         id: String,
     },
     /// Create a container (its VM boots; the process waits for `start`).
@@ -77,6 +118,8 @@ pub enum Command {
         /// Unix socket to send the terminal's master to (when process.terminal is true).
         #[arg(long)]
         console_socket: Option<PathBuf>,
+        #[command(flatten)]
+        compat: CreateCompat,
         id: String,
     },
     /// Start a created container's process.
@@ -134,6 +177,16 @@ pub enum Command {
     Spec {
         #[arg(short, long, default_value = ".")]
         bundle: PathBuf,
+    },
+    /// Not supported: a container's memory lives in its VM.
+    Checkpoint {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Not supported: a container's memory lives in its VM.
+    Restore {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Internal: the detached supervisor `create` starts.
     #[command(hide = true)]
