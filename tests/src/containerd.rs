@@ -156,7 +156,13 @@ impl Containerd {
             if left.is_empty() {
                 return;
             }
-            assert!(Instant::now() < deadline, "left behind:\n{}\nshim log:\n{}", left.join("\n"), self.shim_log());
+            assert!(
+                Instant::now() < deadline,
+                "left behind:\n{}\nshim log:\n{}\ncontainerd log (shim lines):\n{}",
+                left.join("\n"),
+                self.shim_log(),
+                self.log().lines().filter(|l| l.contains("shim") || l.contains("cleanup")).collect::<Vec<_>>().join("\n")
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

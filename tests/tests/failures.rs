@@ -166,3 +166,36 @@ fn tmpcopyup_over_a_non_empty_directory_names_the_field() {
     };
     expect_error(&env, &["run", "--bundle", b.path(), "c"], &format!("mounts[{index}].options"));
 }
+
+#[test]
+fn create_without_a_process_succeeds_and_start_fails() {
+    let env = Env::new("noprocess");
+    let b = env.bundle("b", &["true"]);
+    b.edit(|c| {
+        c.as_object_mut().unwrap().remove("process");
+    });
+    let out = env.hull_detached(&["create", "--bundle", b.path(), "np"]);
+    assert!(out.status.success(), "create without process: {}", text(&out.stderr));
+    let state = text(&env.hull_out(&["state", "np"]).stdout);
+    assert!(state.contains("\"created\""), "{state}");
+    let out = env.hull_out(&["start", "np"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("process"), "start: {}", text(&out.stderr));
+    assert!(env.hull_out(&["delete", "np"]).status.success(), "a created container deletes without --force");
+    env.assert_clean();
+}
+
+#[test]
+fn malformed_process_json_names_the_file() {
+    let env = Env::new("badprocess");
+    let b = env.bundle("b", &["sleep", "300"]);
+    assert!(env.hull_detached(&["run", "-d", "--bundle", b.path(), "x"]).status.success());
+    let bad = env.dir.join("process.json");
+    std::fs::write(&bad, "{not json").unwrap();
+    let out = env.hull_out(&["exec", "--process", bad.to_str().unwrap(), "x"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("process.json"), "{}", text(&out.stderr));
+    std::fs::write(&bad, r#"{"args": "sh", "cwd": "/"}"#).unwrap();
+    let out = env.hull_out(&["exec", "--process", bad.to_str().unwrap(), "x"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("args"), "a wrongly typed field is named: {}", text(&out.stderr));
+    assert!(env.hull_out(&["delete", "--force", "x"]).status.success());
+    env.assert_clean();
+}

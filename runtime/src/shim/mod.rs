@@ -155,6 +155,21 @@ fn is_serving(socket: &Path) -> bool {
     UnixStream::connect(socket).is_ok()
 }
 
+/// Where a daemon records its pid and start time, in its sandbox dir.
+const PID_FILE: &str = "shim.pid";
+
+/// Is the daemon that owns sandbox dir `dir` still running? Its pid file names it, with its
+/// start time so a reused pid does not count; a zombie (containerd, its subreaper, has not
+/// reaped it yet) is not running. Its socket is no proof either way.
+fn daemon_alive(dir: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(dir.join(PID_FILE)) else { return false };
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+    let (Some(pid), Some(start)) = (fields.next().flatten(), fields.next().flatten()) else { return false };
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).unwrap_or("X");
+    crate::supervisor::process_start_time(pid as i32) == Some(start) && !matches!(state, "Z" | "X")
+}
+
 fn start(args: &Args) -> Result<()> {
     let bundle = args.bundle_dir()?;
     hull_protocol::validate_id(&args.id).map_err(|e| anyhow!("-id: {e}"))?;
@@ -219,9 +234,19 @@ fn delete(args: &Args) -> Result<()> {
     let sandbox = sandbox_of(&bundle, &args.id);
     let key = sandbox_key(args, &sandbox);
     let socket = socket_path(&key);
-    if !is_serving(&socket) {
+    let dir = Path::new(SHIM_ROOT).join(&key);
+    // containerd calls this as soon as the connection drops: a killed daemon may still be
+    // exiting, and one that was shut down is still cleaning up after itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while daemon_alive(&dir) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if daemon_alive(&dir) {
+        // containerd reads stderr as warnings and logs them.
+        eprintln!("shim of sandbox {sandbox} is still running: leaving its state to it");
+    } else {
         let _ = fs::remove_file(&socket);
-        remove_sandbox_dir(&Path::new(SHIM_ROOT).join(&key))?;
+        remove_sandbox_dir(&dir)?;
     }
     let response = DeleteResponse {
         pid: 0,
@@ -284,6 +309,9 @@ fn serve(args: &Args) -> Result<()> {
     let dir = StateDir::new(Path::new(SHIM_ROOT), &key)?;
     remove_sandbox_dir(&dir.dir)?;
     dir.create()?;
+    let me = std::process::id();
+    let started = crate::supervisor::process_start_time(me as i32).unwrap_or(0);
+    fs::write(dir.dir.join(PID_FILE), format!("{me} {started}\n"))?;
     mounts::make_propagating_share(&dir.share_dir())?;
     tracing::info!(sandbox, dir = %dir.dir.display(), "shim serving");
 

@@ -59,6 +59,8 @@ pub struct Supervisor {
     relays: Option<stdio::Relays>,
     /// The host terminal the container's terminal mirrors, if it has one.
     tty: Option<Tty>,
+    /// Why `start` must fail: the config has no `process`.
+    missing_process: Option<String>,
     /// Statuses of exec'd processes that ended, and the `wait_exec` callers still waiting.
     exec_exits: HashMap<String, i32>,
     exec_waiters: HashMap<String, Vec<Sender<ControlReply>>>,
@@ -122,15 +124,23 @@ impl Supervisor {
                 .call(RequestBody::ConfigureNetwork { interfaces: net.interfaces.clone(), routes: net.routes.clone() })
                 .context("configuring the guest network")?;
         }
-        let guest_spec = spec::for_guest(&bundle.raw, &id, &bundle.binds);
-        match sandbox.agent.call(RequestBody::CreateContainer { container_id: id.clone(), spec: guest_spec }) {
-            Ok(Reply::Created { pid }) => tracing::info!(guest_pid = pid, "container created"),
-            Ok(other) => bail!("agent answered create with {other:?}"),
-            Err(e) => return Err(e.context("creating the container in the guest")),
-        }
-        // On any error, dropping the sandbox stops the VM and its daemons.
-        let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
-        let (relays, tty) = terminal::attach(sandbox.vsock_socket(), &id, None, terminal, console)?;
+        // runtime-spec: a config without `process` can be created; only `start` fails. Its
+        // sandbox boots, but there is no process to create in the guest.
+        let missing_process = bundle.require_process().err().map(|e| format!("{e:#}"));
+        let (relays, tty) = if missing_process.is_none() {
+            let guest_spec = spec::for_guest(&bundle.raw, &id, &bundle.binds);
+            match sandbox.agent.call(RequestBody::CreateContainer { container_id: id.clone(), spec: guest_spec }) {
+                Ok(Reply::Created { pid }) => tracing::info!(guest_pid = pid, "container created"),
+                Ok(other) => bail!("agent answered create with {other:?}"),
+                Err(e) => return Err(e.context("creating the container in the guest")),
+            }
+            // On any error, dropping the sandbox stops the VM and its daemons.
+            let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+            let (relays, tty) = terminal::attach(sandbox.vsock_socket(), &id, None, terminal, console)?;
+            (Some(relays), tty)
+        } else {
+            (None, None)
+        };
         let hooks = bundle.spec.hooks().clone();
         hooks::run(hooks.as_ref(), hooks::Point::Prestart, &state)?;
         hooks::run(hooks.as_ref(), hooks::Point::CreateRuntime, &state)?;
@@ -142,8 +152,9 @@ impl Supervisor {
             sandbox,
             network,
             hooks,
-            relays: Some(relays),
+            relays,
             tty,
+            missing_process,
             tx,
             rx,
             exec_exits: HashMap::new(),
@@ -219,6 +230,9 @@ impl Supervisor {
         match self.state.status {
             Status::Created => {}
             other => bail!("cannot start a container in state {}", other.as_str()),
+        }
+        if let Some(why) = &self.missing_process {
+            bail!("{why}");
         }
         self.sandbox.agent.call(RequestBody::StartContainer { container_id: self.state.id.clone() })?;
         let mut state = self.state.clone();
