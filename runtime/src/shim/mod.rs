@@ -187,9 +187,13 @@ fn start(args: &Args) -> Result<()> {
     if sandbox != args.id {
         bail!("the shim of sandbox {sandbox} is not running");
     }
-    fs::create_dir_all(SHIM_ROOT).with_context(|| format!("creating {SHIM_ROOT}"))?;
     let _ = fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    // A daemon that exits removes SHIM_ROOT when it is empty; one retry covers that race.
+    let bind = || {
+        fs::create_dir_all(SHIM_ROOT)?;
+        UnixListener::bind(&socket)
+    };
+    let listener = bind().or_else(|_| bind()).with_context(|| format!("binding {}", socket.display()))?;
 
     let listen_fd = listener.as_raw_fd();
     let mut cmd = Command::new(std::env::current_exe().context("locating the shim binary")?);
@@ -247,6 +251,7 @@ fn delete(args: &Args) -> Result<()> {
     } else {
         let _ = fs::remove_file(&socket);
         remove_sandbox_dir(&dir)?;
+        let _ = fs::remove_dir(SHIM_ROOT);
     }
     let response = DeleteResponse {
         pid: 0,
@@ -344,6 +349,8 @@ fn serve(args: &Args) -> Result<()> {
     if let Err(e) = remove_sandbox_dir(&dir.dir) {
         tracing::warn!("{e:#}");
     }
+    // Only succeeds when no other sandbox is left.
+    let _ = fs::remove_dir(SHIM_ROOT);
     tracing::info!("shim exiting");
     std::process::exit(0);
 }

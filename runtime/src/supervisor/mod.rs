@@ -317,22 +317,20 @@ impl Supervisor {
             ControlRequest::Pause => self.pause(true),
             ControlRequest::Resume => self.pause(false),
             ControlRequest::Ps => {
-                let id = self.state.id.clone();
-                let answer = match self.sandbox.agent.call(RequestBody::ListProcesses { container_id: id }) {
-                    Ok(Reply::Processes { processes }) => ControlReply { processes: Some(processes), ..Default::default() },
-                    Ok(other) => ControlReply::failed(format!("agent answered ps with {other:?}")),
-                    Err(e) => ControlReply::failed(format!("{e:#}")),
-                };
+                let call = RequestBody::ListProcesses { container_id: self.state.id.clone() };
+                let answer = self.query(call, "ps", |r| match r {
+                    Reply::Processes { processes } => Some(ControlReply { processes: Some(processes), ..Default::default() }),
+                    _ => None,
+                });
                 let _ = reply.send(answer);
                 return None;
             }
             ControlRequest::Stats => {
-                let id = self.state.id.clone();
-                let answer = match self.sandbox.agent.call(RequestBody::ContainerStats { container_id: id }) {
-                    Ok(Reply::Stats { stats }) => ControlReply { stats: Some(stats), ..Default::default() },
-                    Ok(other) => ControlReply::failed(format!("agent answered stats with {other:?}")),
-                    Err(e) => ControlReply::failed(format!("{e:#}")),
-                };
+                let call = RequestBody::ContainerStats { container_id: self.state.id.clone() };
+                let answer = self.query(call, "stats", |r| match r {
+                    Reply::Stats { stats } => Some(ControlReply { stats: Some(stats), ..Default::default() }),
+                    _ => None,
+                });
                 let _ = reply.send(answer);
                 return None;
             }
@@ -347,6 +345,17 @@ impl Supervisor {
         };
         let _ = reply.send(ControlReply::from_result(result));
         None
+    }
+
+    /// Ask the agent, and answer with what `pick` takes from its reply.
+    fn query(&self, call: RequestBody, what: &str, pick: impl FnOnce(Reply) -> Option<ControlReply>) -> ControlReply {
+        match self.sandbox.agent.call(call) {
+            Ok(reply) => {
+                let shown = format!("{reply:?}");
+                pick(reply).unwrap_or_else(|| ControlReply::failed(format!("agent answered {what} with {shown}")))
+            }
+            Err(e) => ControlReply::failed(format!("{e:#}")),
+        }
     }
 
     /// Give the guest terminal of the init (or of an exec) the host terminal's size.
