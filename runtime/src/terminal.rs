@@ -19,6 +19,10 @@ use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
 /// Make a pty, send its master to `console_socket`, and return the slave (in raw mode).
 pub fn send_pty_master(console_socket: &Path) -> Result<OwnedFd> {
     let pty = openpty(None, None).context("allocating a terminal")?;
+    // Hooks and helpers we start later must not hold the terminal open.
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    }
     set_raw(pty.slave.as_fd())?;
     let conn = UnixStream::connect(console_socket)
         .with_context(|| format!("--console-socket {}: connecting", console_socket.display()))?;

@@ -197,8 +197,15 @@ fn start(args: &Args) -> Result<()> {
 
     let listen_fd = listener.as_raw_fd();
     let mut cmd = Command::new(std::env::current_exe().context("locating the shim binary")?);
-    cmd.args(std::env::args().skip(1).filter(|a| a != "start"))
-        .arg("serve")
+    // The daemon gets containerd's flags back, parsed, so a value that happens to read "start"
+    // (an id, a namespace) is never mistaken for the action.
+    cmd.args(["-namespace", &args.namespace, "-address", &args.address, "-publish-binary", &args.publish_binary, "-id", &args.id])
+        .arg("-bundle")
+        .arg(&bundle);
+    if args.debug {
+        cmd.arg("-debug");
+    }
+    cmd.arg("serve")
         .current_dir(&bundle)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -286,8 +286,9 @@ impl Service {
         let result = (|| {
             if !req.rootfs.is_empty() {
                 std::fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
-                mounts::mount_rootfs(&req.rootfs, &rootfs)?;
+                // Before mounting: a list that fails halfway leaves mounts to undo too.
                 undo.push(rootfs.clone());
+                mounts::mount_rootfs(&req.rootfs, &rootfs)?;
             }
             let bundle = Bundle::load(&bundle_dir)?;
             bundle.require_process()?;
@@ -349,12 +350,16 @@ impl Service {
             if !tasks.containers.is_empty() {
                 return;
             }
-            tasks.vm.take()
+            let vm = tasks.vm.take();
+            if vm.is_some() {
+                // In the same critical section: the process watcher must not report the stop
+                // as a crash, and no create may slip in between.
+                tasks.failed.get_or_insert_with(|| "stopped".into());
+            }
+            vm
         };
         if let Some(mut vm) = vm {
             tracing::info!("last container gone: stopping the VM");
-            // Mark it failed first so the process watcher does not report a crash.
-            self.lock().failed.get_or_insert_with(|| "stopped".into());
             vm.sandbox.shutdown();
             if let Some(mut net) = vm.network.take() {
                 net.detach();
@@ -500,6 +505,8 @@ impl Task for TaskService {
         let pid = Service::shim_pid();
         if !req.exec_id.is_empty() {
             tasks.containers.get_mut(&req.id).map(|c| c.execs.remove(&req.exec_id));
+            // A Wait on it answers NOT_FOUND now instead of sleeping forever.
+            self.changed.notify_all();
             return Ok(DeleteResponse { pid, exit_status, exited_at, ..Default::default() });
         }
         if let Ok(agent) = tasks.agent() {
@@ -508,6 +515,7 @@ impl Task for TaskService {
             }
         }
         let container = tasks.containers.remove(&req.id).expect("looked up above");
+        self.changed.notify_all();
         drop(tasks);
         container.mounts.iter().for_each(|m| mounts::unmount(m));
         let _ = std::fs::remove_dir_all(self.dir.share_dir().join(spec::share_subdir(&req.id)));
