@@ -1,0 +1,236 @@
+//! Assemble a VM from a [`VmmConfig`]: KVM VM with in-kernel irqchip and PIT, memfd RAM, the
+//! kernel and boot data, legacy devices on port I/O, virtio-mmio devices announced on the
+//! command line, and configured vCPUs. Nothing runs until [`Vmm::run`].
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use vm_memory::{GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::{boot, cpuid, layout, mptable, msr, regs};
+use crate::bus::{Bus, BusDevice};
+use crate::config::VmmConfig;
+use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_RANGE};
+use crate::devices::serial::{ConsoleLog, SerialDevice, COM1_IRQ, COM1_PORT};
+use crate::vcpu::{ExitEvent, ExitReason, Vcpu};
+use crate::virtio::mmio::MmioTransport;
+use crate::virtio::{Interrupt, VirtioDevice};
+
+/// The console log stops growing here; a guest printing forever cannot fill the host's disk.
+const CONSOLE_LOG_LIMIT: u64 = 64 << 20;
+
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("/dev/kvm: {0}")]
+    Kvm(kvm_ioctls::Error),
+    #[error("KVM lacks {0:?}, which hull-vmm needs")]
+    MissingCap(Cap),
+    #[error("{0}: {1}")]
+    KvmCall(&'static str, kvm_ioctls::Error),
+    #[error("{0}")]
+    Memory(#[from] crate::memory::MemoryError),
+    #[error("{0}")]
+    Boot(#[from] boot::BootError),
+    #[error("{0}")]
+    MpTable(#[from] mptable::MpTableError),
+    #[error("{0}")]
+    Regs(#[from] regs::RegsError),
+    #[error("{0}")]
+    Msr(#[from] msr::MsrError),
+    #[error("console log {path}: {source}")]
+    ConsoleLog { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Device(String),
+    #[error("eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("event loop: {0}")]
+    EventLoop(String),
+}
+
+pub struct Vmm {
+    pub(crate) vm: VmFd,
+    pub(crate) mem: GuestMemoryMmap,
+    pub(crate) exit: Arc<ExitEvent>,
+    pub(crate) events: EventManager<Subscriber>,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pio: Bus,
+    mmio: Bus,
+    next_mmio: u64,
+    next_irq: u32,
+    cmdline_devices: Vec<String>,
+}
+
+impl Vmm {
+    /// The guest memory, for devices built outside this module.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Plug a virtio device in: an MMIO window, an interrupt line (irqfd), one ioeventfd per
+    /// queue, and an entry on the kernel command line. `subscriber` is the same device as the
+    /// event loop sees it.
+    pub fn add_virtio<D: VirtioDevice + 'static>(&mut self, device: Arc<Mutex<D>>, subscriber: Subscriber) -> Result<(), BuildError> {
+        let base = self.next_mmio;
+        let irq = self.next_irq;
+        if irq > layout::IRQ_MAX {
+            return Err(BuildError::Device("no interrupt line left for another virtio device".into()));
+        }
+        {
+            let dev = device.lock().unwrap();
+            self.vm
+                .register_irqfd(dev.interrupt().irqfd(), irq)
+                .map_err(|e| BuildError::KvmCall("KVM_IRQFD", e))?;
+            for (i, evt) in dev.queue_events().iter().enumerate() {
+                self.vm
+                    .register_ioevent(evt, &IoEventAddress::Mmio(base + 0x50), i as u32)
+                    .map_err(|e| BuildError::KvmCall("KVM_IOEVENTFD", e))?;
+            }
+        }
+        let transport: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(MmioTransport::new(self.mem.clone(), device)));
+        self.mmio
+            .insert(transport, base, layout::VIRTIO_MMIO_SIZE)
+            .map_err(|e| BuildError::Device(e.to_string()))?;
+        self.events.add_subscriber(subscriber);
+        self.cmdline_devices.push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        self.next_mmio += layout::VIRTIO_MMIO_SIZE;
+        self.next_irq += 1;
+        Ok(())
+    }
+
+    pub fn add_subscriber(&mut self, s: Subscriber) {
+        self.events.add_subscriber(s);
+    }
+
+    pub fn exit_event(&self) -> &Arc<ExitEvent> {
+        &self.exit
+    }
+}
+
+/// Open KVM and make the VM with its RAM and legacy devices. Virtio devices are added next
+/// ([`Vmm::add_virtio`]), then [`load`] writes the kernel and boot data and makes the vCPUs.
+pub fn create(config: &VmmConfig) -> Result<Vmm, BuildError> {
+    config.validate()?;
+    let kvm = Kvm::new().map_err(BuildError::Kvm)?;
+    for cap in [Cap::Irqchip, Cap::Ioeventfd, Cap::Irqfd, Cap::UserMemory, Cap::Pit2, Cap::SetTssAddr] {
+        if !kvm.check_extension(cap) {
+            return Err(BuildError::MissingCap(cap));
+        }
+    }
+    let vm = kvm.create_vm().map_err(|e| BuildError::KvmCall("KVM_CREATE_VM", e))?;
+    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+        .map_err(|e| BuildError::KvmCall("KVM_SET_TSS_ADDR", e))?;
+    vm.create_irq_chip().map_err(|e| BuildError::KvmCall("KVM_CREATE_IRQCHIP", e))?;
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_pit2(pit).map_err(|e| BuildError::KvmCall("KVM_CREATE_PIT2", e))?;
+
+    let mem = crate::memory::create(config.memory_mib)?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem.get_host_address(region.start_addr()).map_err(|e| BuildError::Device(e.to_string()))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping of `region.len()` bytes owned by `mem`, which the
+        // Vmm keeps for as long as the VM exists.
+        unsafe { vm.set_user_memory_region(r) }.map_err(|e| BuildError::KvmCall("KVM_SET_USER_MEMORY_REGION", e))?;
+    }
+
+    let exit = Arc::new(ExitEvent::new().map_err(BuildError::EventFd)?);
+    let events = EventManager::new().map_err(|e| BuildError::EventLoop(format!("{e:?}")))?;
+    let mut vmm = Vmm {
+        vm,
+        mem,
+        exit,
+        events,
+        vcpus: Vec::new(),
+        pio: Bus::default(),
+        mmio: Bus::default(),
+        next_mmio: layout::MMIO_GAP_START,
+        next_irq: layout::FIRST_DEVICE_IRQ,
+        cmdline_devices: Vec::new(),
+    };
+
+    let out: Box<dyn Write + Send> = match &config.console_log {
+        Some(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| BuildError::ConsoleLog { path: path.display().to_string(), source })?;
+            Box::new(ConsoleLog::new(file, CONSOLE_LOG_LIMIT))
+        }
+        None => Box::new(std::io::stdout()),
+    };
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    vmm.vm.register_irqfd(&serial_irq, COM1_IRQ).map_err(|e| BuildError::KvmCall("KVM_IRQFD", e))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, out)));
+    vmm.pio.insert(serial, COM1_PORT, 8).map_err(|e| BuildError::Device(e.to_string()))?;
+    let exit = vmm.exit.clone();
+    let i8042 = Arc::new(Mutex::new(I8042::new(Box::new(move || exit.request(ExitReason::Reset)))));
+    vmm.pio.insert(i8042, I8042_DATA_PORT, I8042_PORT_RANGE).map_err(|e| BuildError::Device(e.to_string()))?;
+    Ok(vmm)
+}
+
+/// Load the kernel, initrd, command line (with the virtio devices appended), zero page and MP
+/// table, and create the vCPUs in their 64-bit boot state.
+pub fn load(vmm: &mut Vmm, config: &VmmConfig) -> Result<(), BuildError> {
+    let kernel = boot::load_kernel(&vmm.mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(boot::load_initrd(&vmm.mem, path, kernel.end)?),
+        None => None,
+    };
+    let mut cmdline = config.cmdline.trim().to_string();
+    for d in &vmm.cmdline_devices {
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        cmdline.push_str(d);
+    }
+    boot::load_cmdline(&vmm.mem, &cmdline)?;
+    boot::write_boot_params(&vmm.mem, &kernel, cmdline.len(), initrd, config.memory_mib << 20)?;
+    mptable::setup(&vmm.mem, config.vcpus)?;
+
+    let kvm = Kvm::new().map_err(BuildError::Kvm)?;
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| BuildError::KvmCall("KVM_GET_SUPPORTED_CPUID", e))?;
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    for index in 0..config.vcpus {
+        let fd = vmm.vm.create_vcpu(u64::from(index)).map_err(|e| BuildError::KvmCall("KVM_CREATE_VCPU", e))?;
+        let cpuid = cpuid::for_vcpu(&supported, index, config.vcpus, tsc_deadline);
+        fd.set_cpuid2(&cpuid).map_err(|e| BuildError::KvmCall("KVM_SET_CPUID2", e))?;
+        msr::setup(&fd)?;
+        regs::setup_regs(&fd, kernel.entry.0)?;
+        regs::setup_fpu(&fd)?;
+        regs::setup_sregs(&vmm.mem, &fd)?;
+        regs::setup_lint(&fd)?;
+        vmm.vcpus.push(Vcpu {
+            index,
+            fd,
+            pio: vmm.pio.clone(),
+            mmio: vmm.mmio.clone(),
+            exit: vmm.exit.clone(),
+            on_start: None,
+            first_run_marker: index == 0,
+        });
+    }
+    tracing::debug!("cmdline: {cmdline}");
+    Ok(())
+}
+
+/// Give each virtio device its interrupt: a fresh eventfd (later registered as an irqfd).
+pub fn new_interrupt() -> Result<Arc<Interrupt>, BuildError> {
+    Ok(Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?)))
+}

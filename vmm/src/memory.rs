@@ -1,0 +1,81 @@
+//! Guest RAM: one memfd, mapped shared, so a vhost-user backend (virtiofsd) can map the same
+//! pages by file descriptor.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::os::fd::FromRawFd;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+
+use crate::arch::layout::{MMIO_GAP_END, MMIO_GAP_START};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("memfd_create for guest memory: {0}")]
+    Memfd(std::io::Error),
+    #[error("sizing guest memory ({0} MiB): {1}")]
+    Truncate(u64, std::io::Error),
+    #[error("mapping guest memory: {0}")]
+    Map(String),
+    #[error("memory size {0} MiB is out of range (16 MiB to 64 GiB)")]
+    Size(u64),
+}
+
+/// The RAM ranges for `size` bytes: below the MMIO gap, and the remainder above 4 GiB.
+pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
+    if size <= MMIO_GAP_START {
+        vec![(GuestAddress(0), size)]
+    } else {
+        vec![(GuestAddress(0), MMIO_GAP_START), (GuestAddress(MMIO_GAP_END), size - MMIO_GAP_START)]
+    }
+}
+
+/// Create guest memory of `mib` MiB backed by one memfd (each range at its own file offset).
+pub fn create(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    if !(16..=65536).contains(&mib) {
+        return Err(MemoryError::Size(mib));
+    }
+    let size = mib << 20;
+    let name: &CStr = c"hull-guest-ram";
+    // SAFETY: memfd_create takes a valid NUL-terminated name and flags; it returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just returned by memfd_create and is owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size).map_err(|e| MemoryError::Truncate(mib, e))?;
+    let file = std::sync::Arc::new(file);
+    let mut offset = 0u64;
+    let ranges: Vec<_> = ram_ranges(size)
+        .into_iter()
+        .map(|(addr, len)| {
+            let fo = FileOffset::from_arc(file.clone(), offset);
+            offset += len;
+            (addr, len as usize, Some(fo))
+        })
+        .collect();
+    GuestMemoryMmap::from_ranges_with_files(ranges).map_err(|e| MemoryError::Map(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_split_around_the_mmio_gap() {
+        assert_eq!(ram_ranges(128 << 20), vec![(GuestAddress(0), 128 << 20)]);
+        let r = ram_ranges(4 << 30);
+        assert_eq!(r[0], (GuestAddress(0), MMIO_GAP_START));
+        assert_eq!(r[1], (GuestAddress(MMIO_GAP_END), (4 << 30) - MMIO_GAP_START));
+    }
+
+    #[test]
+    fn memory_is_memfd_backed() {
+        use vm_memory::{GuestMemory, GuestMemoryRegion};
+        let m = create(32).unwrap();
+        let region = m.iter().next().unwrap();
+        assert!(region.file_offset().is_some());
+        assert!(create(1).is_err());
+    }
+}

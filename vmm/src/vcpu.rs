@@ -1,0 +1,136 @@
+//! One thread per vCPU: KVM_RUN, dispatch the exit to the port-I/O or MMIO bus, repeat. A vCPU
+//! stops the VM by reporting an [`ExitReason`] on the shared exit event.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::Bus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitReason {
+    /// The guest asked for a reset (i8042 pulse or triple fault): the VM ends cleanly.
+    Reset = 1,
+    /// A vCPU hit something it cannot continue from.
+    VcpuError = 2,
+    /// SIGTERM or SIGINT: orderly shutdown.
+    Signal = 3,
+}
+
+/// The first reason to stop wins; the event wakes the main loop.
+pub struct ExitEvent {
+    reason: AtomicU8,
+    event: EventFd,
+}
+
+impl ExitEvent {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(ExitEvent { reason: AtomicU8::new(0), event: EventFd::new(libc::EFD_NONBLOCK)? })
+    }
+
+    pub fn event(&self) -> &EventFd {
+        &self.event
+    }
+
+    pub fn request(&self, reason: ExitReason) {
+        let _ = self.reason.compare_exchange(0, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self.event.write(1);
+    }
+
+    pub fn reason(&self) -> Option<ExitReason> {
+        match self.reason.load(Ordering::SeqCst) {
+            1 => Some(ExitReason::Reset),
+            2 => Some(ExitReason::VcpuError),
+            3 => Some(ExitReason::Signal),
+            _ => None,
+        }
+    }
+}
+
+pub struct Vcpu {
+    pub index: u8,
+    pub fd: VcpuFd,
+    pub pio: Bus,
+    pub mmio: Bus,
+    pub exit: Arc<ExitEvent>,
+    /// Called once, on the vCPU thread, before the first KVM_RUN (installs its seccomp filter).
+    pub on_start: Option<Box<dyn FnOnce() + Send>>,
+    /// Called right before the first KVM_RUN of vCPU 0 (benchmarks read this moment).
+    pub first_run_marker: bool,
+}
+
+impl Vcpu {
+    pub fn run(mut self) {
+        if let Some(f) = self.on_start.take() {
+            f();
+        }
+        if self.first_run_marker {
+            tracing::info!(target: "hull_vmm::timing", "first KVM_RUN");
+        }
+        loop {
+            match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    self.pio.read(u64::from(port), data);
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.pio.write(u64::from(port), data);
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    if !self.mmio.read(addr, data) {
+                        tracing::debug!("vcpu{}: MMIO read of unmapped {addr:#x}", self.index);
+                    }
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    if !self.mmio.write(addr, data) {
+                        tracing::debug!("vcpu{}: MMIO write to unmapped {addr:#x}", self.index);
+                    }
+                }
+                Ok(VcpuExit::Shutdown) => {
+                    tracing::info!("vcpu{}: guest shut down (triple fault or reset)", self.index);
+                    self.exit.request(ExitReason::Reset);
+                    return;
+                }
+                Ok(VcpuExit::Hlt) => {
+                    // With the in-kernel irqchip HLT never reaches us; if it does, the guest
+                    // halted with interrupts off for good.
+                    tracing::info!("vcpu{}: halted", self.index);
+                    self.exit.request(ExitReason::Reset);
+                    return;
+                }
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    tracing::error!("vcpu{}: KVM entry failed (reason {reason:#x}, cpu {cpu})", self.index);
+                    self.exit.request(ExitReason::VcpuError);
+                    return;
+                }
+                Ok(VcpuExit::InternalError) => {
+                    tracing::error!("vcpu{}: KVM internal error (emulation failure)", self.index);
+                    self.exit.request(ExitReason::VcpuError);
+                    return;
+                }
+                Ok(VcpuExit::SystemEvent(kind, _)) => {
+                    tracing::info!("vcpu{}: system event {kind}", self.index);
+                    self.exit.request(ExitReason::Reset);
+                    return;
+                }
+                Ok(other) => {
+                    tracing::error!("vcpu{}: unexpected exit {other:?}", self.index);
+                    self.exit.request(ExitReason::VcpuError);
+                    return;
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    if self.exit.reason().is_some() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("vcpu{}: KVM_RUN failed: {e}", self.index);
+                    self.exit.request(ExitReason::VcpuError);
+                    return;
+                }
+            }
+        }
+    }
+}
