@@ -14,6 +14,7 @@ use serde_json::Value;
 pub mod console;
 pub mod containerd;
 pub mod cri;
+pub mod vmm;
 
 /// The `hull` binary under test: `HULL_BIN`, or this workspace's release build.
 pub fn hull_bin() -> PathBuf {

@@ -234,3 +234,50 @@ pub fn load(vmm: &mut Vmm, config: &VmmConfig) -> Result<(), BuildError> {
 pub fn new_interrupt() -> Result<Arc<Interrupt>, BuildError> {
     Ok(Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?)))
 }
+
+/// Create the configured virtio devices (binding the vsock socket, connecting to the virtio-fs
+/// backend, opening taps) and plug them in. Runs before the jail: everything here may touch
+/// host paths.
+pub fn attach_devices(vmm: &mut Vmm, config: &VmmConfig) -> Result<(), BuildError> {
+    use crate::virtio::{fs::FsDevice, net::NetDevice, net::Tap, vsock::VsockDevice};
+
+    if let Some(v) = &config.vsock {
+        // A stale socket from a crashed run would make bind fail.
+        if std::fs::symlink_metadata(&v.uds).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())) {
+            let _ = std::fs::remove_file(&v.uds);
+        }
+        let listener = std::os::unix::net::UnixListener::bind(&v.uds)
+            .map_err(|e| BuildError::Device(format!("vsock.uds {}: {e}", v.uds.display())))?;
+        let uds = match &config.jail {
+            // Inside the jail the socket's directory is `/`.
+            Some(j) => std::path::Path::new("/").join(v.uds.strip_prefix(&j.dir).unwrap_or(&v.uds)),
+            None => v.uds.clone(),
+        };
+        let dev = VsockDevice::new(v.guest_cid, uds, listener, new_interrupt()?)
+            .map_err(|e| BuildError::Device(format!("vsock: {e}")))?;
+        let dev = Arc::new(Mutex::new(dev));
+        vmm.add_virtio(dev.clone(), dev)?;
+    }
+    if let Some(f) = &config.fs {
+        let dev = FsDevice::connect(&f.socket, &f.tag, f.queue_size, new_interrupt()?)
+            .map_err(|e| BuildError::Device(e.to_string()))?;
+        let dev = Arc::new(Mutex::new(dev));
+        vmm.add_virtio(dev.clone(), dev)?;
+    }
+    for (i, n) in config.net.iter().enumerate() {
+        let tap = match (&n.tap, n.tap_fd) {
+            (Some(name), _) => Tap::open(name).map_err(|e| BuildError::Device(format!("net.tap {name}: {e}")))?,
+            (None, Some(fd)) => Tap::from_fd(fd).map_err(|e| BuildError::Device(format!("net.tap_fd {fd}: {e}")))?,
+            (None, None) => unreachable!("validated"),
+        };
+        let mac = n
+            .mac
+            .as_deref()
+            .and_then(crate::config::parse_mac)
+            .unwrap_or([0x02, 0x68, 0x75, 0x6c, 0x6c, i as u8]);
+        let dev = NetDevice::new(tap, mac, new_interrupt()?).map_err(|e| BuildError::Device(format!("net: {e}")))?;
+        let dev = Arc::new(Mutex::new(dev));
+        vmm.add_virtio(dev.clone(), dev)?;
+    }
+    Ok(())
+}

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hull_vmm::builder;
-use hull_vmm::config::VmmConfig;
+use hull_vmm::config::{FsConfig, JailConfig, NetConfig, VmmConfig, VsockConfig};
 use hull_vmm::vcpu::ExitReason;
 
 #[derive(Parser, Debug)]
@@ -28,6 +28,34 @@ struct Args {
     /// Serial console output file (standard output when absent).
     #[arg(long)]
     console_log: Option<PathBuf>,
+    /// vsock guest CID (with --vsock-uds).
+    #[arg(long)]
+    vsock_cid: Option<u64>,
+    /// Hybrid vsock socket: the host connects here; guest connections to port P go to `<uds>_P`.
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    /// vhost-user socket of virtiofsd (with --fs-tag).
+    #[arg(long)]
+    fs_socket: Option<PathBuf>,
+    #[arg(long, default_value = "hullfs")]
+    fs_tag: String,
+    /// Existing tap device to attach as virtio-net.
+    #[arg(long)]
+    tap: Option<String>,
+    /// Already-open tap file descriptor to attach as virtio-net.
+    #[arg(long)]
+    tap_fd: Option<i32>,
+    /// Guest MAC for the virtio-net device.
+    #[arg(long)]
+    mac: Option<String>,
+    /// Confine the VMM to this directory (new mount namespace, pivot_root, no capabilities).
+    #[arg(long)]
+    jail: Option<PathBuf>,
+    /// Run as this uid (and --gid) inside the jail.
+    #[arg(long, requires = "jail")]
+    uid: Option<u32>,
+    #[arg(long, requires = "jail")]
+    gid: Option<u32>,
     /// Log filter for hull-vmm's own diagnostics (stderr), e.g. `info`, `debug`.
     #[arg(long, default_value = "warn", env = "HULL_VMM_LOG")]
     log_level: String,
@@ -50,19 +78,38 @@ impl Args {
             vcpus: self.vcpus,
             memory_mib: self.memory_mib,
             console_log: self.console_log,
-            vsock: None,
-            fs: None,
-            net: Vec::new(),
-            jail: None,
+            vsock: match (self.vsock_cid, self.vsock_uds) {
+                (Some(guest_cid), Some(uds)) => Some(VsockConfig { guest_cid, uds }),
+                (None, None) => None,
+                _ => anyhow::bail!("--vsock-cid and --vsock-uds go together"),
+            },
+            fs: self.fs_socket.map(|socket| FsConfig { socket, tag: self.fs_tag, queue_size: 1024 }),
+            net: if self.tap.is_some() || self.tap_fd.is_some() {
+                vec![NetConfig { tap: self.tap, tap_fd: self.tap_fd, mac: self.mac }]
+            } else {
+                Vec::new()
+            },
+            jail: self.jail.map(|dir| JailConfig { dir, uid: self.uid, gid: self.gid, max_open_files: 2048 }),
         })
     }
 }
 
 fn run(args: Args) -> anyhow::Result<ExitReason> {
     let config = args.into_config()?;
+    let result = run_vm(&config);
+    // The vsock socket is ours: remove it whether the VM ran or failed to start, so nothing is
+    // left for the caller to clean up.
+    if let Some(v) = &config.vsock {
+        let _ = std::fs::remove_file(&v.uds);
+    }
+    result
+}
+
+fn run_vm(config: &VmmConfig) -> anyhow::Result<ExitReason> {
     let signals = hull_vmm::run::take_signals()?;
-    let mut vmm = builder::create(&config)?;
-    builder::load(&mut vmm, &config)?;
+    let mut vmm = builder::create(config)?;
+    builder::attach_devices(&mut vmm, config)?;
+    builder::load(&mut vmm, config)?;
     Ok(vmm.run(signals, None, None)?)
 }
 

@@ -4,8 +4,11 @@
 //! its queue eventfds (ioeventfds written by KVM on QueueNotify) and to its host-side backend.
 
 pub mod chain;
+pub mod fs;
 
 pub mod mmio;
+pub mod net;
+pub mod vsock;
 
 
 
