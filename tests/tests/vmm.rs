@@ -229,3 +229,104 @@ fn guest_kernel_prints_its_banner_and_our_e820_map() {
     // earlyprintk shows the boot before the console driver is up. Here (PVM) the boot stops later on an emulation failure; with hardware KVM it goes on to
     // the agent. Either way the VM is ended by dropping it.
 }
+
+/// Run the synthetic guest jailed in `<env>/jail`, check the confinement while it waits for the
+/// host, then finish its echo. Returns the process status lines seen while it ran.
+fn run_jailed(env: &Env, extra: &[&str], owner: Option<u32>) -> String {
+    let jail = env.dir.join("jail");
+    std::fs::create_dir_all(&jail).unwrap();
+    if let Some(uid) = owner {
+        std::os::unix::fs::chown(&jail, Some(uid), Some(uid)).unwrap();
+    }
+    let uds = jail.join("v.sock");
+    let uds_s = uds.to_str().unwrap().to_string();
+    let greeting = host_service(&uds, 6000);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(format!("{uds_s}_6000"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let jail_s = jail.to_str().unwrap().to_string();
+    let mut args = guest_args("hull.vsock_port=5000 hull.host_port=6000", &uds_s);
+    args.extend(["--jail", &jail_s]);
+    args.extend(extra);
+    let mut vm = Vm::start(&env.dir, &args);
+    vm.wait_console("listening on port 5000", Duration::from_secs(30));
+
+    let pid = vm.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for field in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(vm.status_field(field).as_deref(), Some("0000000000000000"), "{field}\n{status}");
+    }
+    assert_eq!(vm.status_field("NoNewPrivs").as_deref(), Some("1"));
+    // Every thread (event loop and vCPU) runs under a seccomp filter.
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let s = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        assert!(s.lines().any(|l| l == "Seccomp:\t2"), "a thread without a filter:\n{s}");
+        threads += 1;
+    }
+    assert!(threads >= 2, "expected the event loop and a vCPU thread");
+    // Its root is the jail: only its own sockets, and a single mount.
+    let mut seen: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, vec!["v.sock".to_string(), "v.sock_6000".to_string()]);
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert_eq!(mounts.lines().count(), 1, "the jail shows host mounts:\n{mounts}");
+
+    let mut s = vsock_connect(&uds, 5000);
+    s.write_all(b"from outside").unwrap();
+    let mut echo = [0u8; 12];
+    s.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"from outside");
+    drop(s);
+    let exit = vm.wait_exit(Duration::from_secs(30));
+    assert!(exit.success(), "{exit}\n{}\n{}", vm.console_text(), vm.stderr_text());
+    assert_eq!(greeting.join().unwrap(), "hello host from the guest");
+    assert!(!uds.exists(), "the jailed VMM left its socket behind");
+    status
+}
+
+#[test]
+fn jailed_vmm_has_no_capabilities_a_seccomp_filter_and_sees_only_its_jail() {
+    let env = Env::new("vmm-jail");
+    let status = run_jailed(&env, &[], None);
+    assert!(status.lines().any(|l| l.starts_with("Uid:\t0\t")), "{status}");
+}
+
+#[test]
+fn jailed_vmm_can_drop_to_an_unprivileged_uid() {
+    let env = Env::new("vmm-jail-uid");
+    let status = run_jailed(&env, &["--uid", "65534", "--gid", "65534"], Some(65534));
+    assert!(status.lines().any(|l| l.starts_with("Uid:\t65534\t65534\t65534")), "{status}");
+    assert!(status.lines().any(|l| l.starts_with("Gid:\t65534\t65534\t65534")), "{status}");
+}
+
+#[test]
+fn bad_configuration_is_refused_naming_the_field_and_leaves_nothing() {
+    let env = Env::new("vmm-config");
+    let run = |args: &[&str]| {
+        let out = Command::new(vmm_bin()).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let guest = synthetic_guest().to_str().unwrap();
+    assert!(run(&["--kernel", "/nonexistent"]).contains("kernel: /nonexistent is not a file"));
+    assert!(run(&["--kernel", guest, "--vcpus", "0"]).contains("vcpus: 0 is out of range"));
+    assert!(run(&["--kernel", guest, "--memory-mib", "8"]).contains("memory_mib: 8 is out of range"));
+    assert!(run(&["--kernel", guest, "--tap", "x", "--mac", "nope"]).contains("net.mac:"));
+    let cfg = env.dir.join("vm.json");
+    std::fs::write(&cfg, format!(r#"{{"kernel": "{guest}", "vcpu": 2}}"#)).unwrap();
+    let err = run(&["--config", cfg.to_str().unwrap()]);
+    assert!(err.contains("unknown field `vcpu`") && err.contains("vm.json"), "{err}");
+    // A failure after the vsock socket was bound (no virtio-fs backend) removes the socket.
+    let uds = env.dir.join("v.sock");
+    let err = run(&["--kernel", guest, "--vsock-cid", "3", "--vsock-uds", uds.to_str().unwrap(), "--fs-socket", "/nonexistent.sock"]);
+    assert!(err.contains("virtio-fs backend /nonexistent.sock"), "{err}");
+    assert!(!uds.exists(), "a failed start left {}", uds.display());
+    // A JSON config works the same as flags.
+    std::fs::write(&cfg, format!(r#"{{"kernel": "{guest}", "vcpus": 2, "memory_mib": 64}}"#)).unwrap();
+    let mut vm = Vm::start(&env.dir, &["--config", cfg.to_str().unwrap()]);
+    assert!(vm.wait_exit(Duration::from_secs(30)).success());
+    assert!(vm.console_text().contains("all steps done"));
+}

@@ -11,3 +11,5 @@ pub mod memory;
 pub mod run;
 pub mod vcpu;
 pub mod virtio;
+pub mod jail;
+pub mod seccomp;

@@ -1,6 +1,7 @@
 //! `hull-vmm`: run one microVM. Configure by flags or by `--config <file.json>`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -11,7 +12,7 @@ use hull_vmm::vcpu::ExitReason;
 #[derive(Parser, Debug)]
 #[command(name = "hull-vmm", version, about = "hull's KVM microVM monitor")]
 struct Args {
-    /// JSON configuration (the flags below are ignored when given).
+    /// JSON configuration (hull_vmm::config::VmmConfig); only --console-log may be added to it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// vmlinux (64-bit ELF) or bzImage.
@@ -56,6 +57,9 @@ struct Args {
     uid: Option<u32>,
     #[arg(long, requires = "jail")]
     gid: Option<u32>,
+    /// Run without seccomp filters (debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
     /// Log filter for hull-vmm's own diagnostics (stderr), e.g. `info`, `debug`.
     #[arg(long, default_value = "warn", env = "HULL_VMM_LOG")]
     log_level: String,
@@ -64,9 +68,18 @@ struct Args {
 impl Args {
     fn into_config(self) -> anyhow::Result<VmmConfig> {
         if let Some(path) = &self.config {
+            if self.kernel.is_some() || self.vsock_uds.is_some() || self.fs_socket.is_some() || self.tap.is_some() || self.jail.is_some() {
+                anyhow::bail!("--config describes the whole VM: give either it or --kernel and the device flags");
+            }
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
-            return serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()));
+            let mut config: VmmConfig =
+                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
+            // The console log is where the caller watches this run; it may override the file.
+            if self.console_log.is_some() {
+                config.console_log = self.console_log;
+            }
+            return Ok(config);
         }
         let Some(kernel) = self.kernel else {
             anyhow::bail!("--kernel (or --config) is required");
@@ -95,22 +108,51 @@ impl Args {
 }
 
 fn run(args: Args) -> anyhow::Result<ExitReason> {
+    let seccomp = !args.no_seccomp;
     let config = args.into_config()?;
-    let result = run_vm(&config);
+    let mut jailed = false;
+    let result = run_vm(&config, seccomp, &mut jailed);
     // The vsock socket is ours: remove it whether the VM ran or failed to start, so nothing is
-    // left for the caller to clean up.
+    // left for the caller to clean up. Inside the jail its directory is `/`.
     if let Some(v) = &config.vsock {
-        let _ = std::fs::remove_file(&v.uds);
+        let path = match (&config.jail, jailed) {
+            (Some(j), true) => Path::new("/").join(v.uds.strip_prefix(&j.dir).unwrap_or(&v.uds)),
+            _ => v.uds.clone(),
+        };
+        let _ = std::fs::remove_file(path);
     }
     result
 }
 
-fn run_vm(config: &VmmConfig) -> anyhow::Result<ExitReason> {
+fn run_vm(config: &VmmConfig, seccomp: bool, jailed: &mut bool) -> anyhow::Result<ExitReason> {
     let signals = hull_vmm::run::take_signals()?;
     let mut vmm = builder::create(config)?;
     builder::attach_devices(&mut vmm, config)?;
     builder::load(&mut vmm, config)?;
-    Ok(vmm.run(signals, None, None)?)
+    if let Some(jail) = &config.jail {
+        hull_vmm::jail::enter(jail)?;
+        *jailed = true;
+    }
+    if !seccomp {
+        tracing::warn!("seccomp filters are off (--no-seccomp)");
+        return Ok(vmm.run(signals, None, None)?);
+    }
+    hull_vmm::seccomp::install_sigsys_handler()?;
+    let vcpu = Arc::new(hull_vmm::seccomp::vcpu_filter()?);
+    let main = hull_vmm::seccomp::main_filter()?;
+    let on_vcpu: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        if let Err(e) = hull_vmm::seccomp::apply(&vcpu) {
+            eprintln!("hull-vmm: {e}");
+            std::process::exit(1);
+        }
+    });
+    let on_main: Box<dyn FnOnce()> = Box::new(move || {
+        if let Err(e) = hull_vmm::seccomp::apply(&main) {
+            eprintln!("hull-vmm: {e}");
+            std::process::exit(1);
+        }
+    });
+    Ok(vmm.run(signals, Some(on_vcpu), Some(on_main))?)
 }
 
 fn main() -> ExitCode {
