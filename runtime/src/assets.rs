@@ -12,7 +12,13 @@ pub const DEFAULT_ASSET_DIR: &str = "/usr/local/share/hull";
 
 #[derive(Debug, Clone)]
 pub struct Assets {
+    /// bzImage, for QEMU.
     pub kernel: PathBuf,
+    /// The same kernel as an ELF, for hull-vmm (checked only when that backend is chosen).
+    pub vmlinux: PathBuf,
+    /// The hull-vmm binary: `HULL_VMM`, else next to this executable, else on PATH (checked only
+    /// when that backend is chosen).
+    pub hull_vmm: PathBuf,
     pub initramfs: PathBuf,
     pub virtiofsd: PathBuf,
     pub vsock_backend: PathBuf,
@@ -25,6 +31,12 @@ impl Assets {
         let dir = std::env::var_os("HULL_ASSET_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_ASSET_DIR.into());
         let assets = Assets {
             kernel: dir.join("vmlinuz"),
+            vmlinux: dir.join("vmlinux"),
+            hull_vmm: std::env::var_os("HULL_VMM")
+                .map(PathBuf::from)
+                .or_else(|| std::env::current_exe().ok().map(|e| e.with_file_name("hull-vmm")).filter(|p| p.is_file()))
+                .or_else(|| find_in_path("hull-vmm"))
+                .unwrap_or_else(|| "hull-vmm".into()),
             initramfs: dir.join("initramfs.cpio"),
             virtiofsd: dir.join("bin/virtiofsd"),
             vsock_backend: dir.join("bin/vhost-device-vsock"),

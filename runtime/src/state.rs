@@ -106,8 +106,13 @@ impl StateDir {
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("control.sock")
     }
+    /// The hybrid vsock socket the runtime dials. It lives in the VMM's jail directory, the
+    /// only part of the state dir hull-vmm can see once jailed.
     pub fn vsock_socket(&self) -> PathBuf {
-        self.dir.join("vsock.sock")
+        self.vmm_jail().join("vsock.sock")
+    }
+    pub fn vmm_jail(&self) -> PathBuf {
+        self.dir.join("vmm")
     }
     pub fn vhost_vsock_socket(&self) -> PathBuf {
         self.dir.join("vhost-vsock.sock")

@@ -141,3 +141,13 @@ pub fn vsock_connect(uds: &Path, port: u32) -> std::os::unix::net::UnixStream {
     assert!(line.starts_with("OK "), "unexpected reply {line:?}");
     s
 }
+
+/// Hardware virtualisation (not this host's PVM): where hull-vmm can boot Linux.
+pub fn hardware_kvm() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flag = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    flag && Path::new("/dev/kvm").exists()
+}

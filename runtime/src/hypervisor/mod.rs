@@ -1,12 +1,14 @@
 //! Hypervisor backends: the one thing that differs between running a sandbox on QEMU and on
 //! hull-vmm is how the VM process is started. Devices and their semantics are the same.
 
+mod hull_vmm;
 mod qemu;
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
+pub use hull_vmm::HullVmm;
 pub use qemu::Qemu;
 
 use crate::process::ChildProc;
@@ -22,8 +24,13 @@ pub struct VmConfig {
     pub console_log: PathBuf,
     /// Where the VMM's own diagnostics go.
     pub vmm_log: PathBuf,
-    /// vhost-user socket of the vsock backend.
+    /// vhost-user socket of the vsock backend (QEMU).
     pub vsock_vhost_socket: PathBuf,
+    /// The hybrid vsock socket the runtime dials (hull-vmm serves it itself), and the guest CID.
+    pub vsock_socket: PathBuf,
+    pub guest_cid: u32,
+    /// The directory hull-vmm confines itself to; it holds `vsock_socket`.
+    pub jail_dir: PathBuf,
     /// vhost-user socket of virtiofsd, and the tag the guest mounts.
     pub virtiofs_socket: PathBuf,
     pub virtiofs_tag: String,
@@ -39,6 +46,14 @@ pub struct Nic {
 
 pub trait Hypervisor {
     fn name(&self) -> &'static str;
+    /// The kernel image this VMM boots.
+    fn kernel(&self, assets: &crate::assets::Assets) -> PathBuf {
+        assets.kernel.clone()
+    }
+    /// True when the VMM serves vsock in-process, so no vhost-user vsock daemon is started.
+    fn serves_vsock(&self) -> bool {
+        false
+    }
     /// Start the VM; it runs until the guest powers off or the process is killed.
     fn launch(&self, vm: &VmConfig) -> Result<ChildProc>;
 }
@@ -80,6 +95,11 @@ pub fn select(kind: BackendKind, assets: &crate::assets::Assets) -> Result<Box<d
         _ => kind,
     };
     match kind {
+        BackendKind::HullVmm => hull_vmm_backend(assets),
+        BackendKind::Auto if hardware_kvm() => {
+            tracing::info!("hypervisor: hull-vmm on hardware KVM");
+            hull_vmm_backend(assets)
+        }
         BackendKind::Qemu | BackendKind::Auto => {
             let accel = if hardware_kvm() { qemu::Accel::Kvm } else { qemu::Accel::Tcg };
             if accel == qemu::Accel::Tcg {
@@ -87,8 +107,16 @@ pub fn select(kind: BackendKind, assets: &crate::assets::Assets) -> Result<Box<d
             }
             Ok(Box::new(Qemu { accel, binary: assets.qemu.clone() }))
         }
-        BackendKind::HullVmm => bail!("the hull-vmm backend is not implemented yet; use --backend qemu"),
     }
+}
+
+fn hull_vmm_backend(assets: &crate::assets::Assets) -> Result<Box<dyn Hypervisor>> {
+    for path in [&assets.hull_vmm, &assets.vmlinux] {
+        if !path.is_file() {
+            bail!("{} not found: the hull-vmm backend needs it (`make install`, or set HULL_VMM / HULL_ASSET_DIR)", path.display());
+        }
+    }
+    Ok(Box::new(HullVmm { binary: assets.hull_vmm.clone() }))
 }
 
 /// Say once per host boot (not on every container's stderr) that VMs run emulated.

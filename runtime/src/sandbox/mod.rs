@@ -96,9 +96,12 @@ impl Sandbox {
         let binds = rootfs.map(|r| r.mounts(&dir.share_dir())).transpose()?;
 
         let mut procs = Vec::new();
-        let mut vsock = vsock_backend::spawn(&assets.vsock_backend, dir, GUEST_CID)?;
-        crate::process::wait_for_path(&dir.vhost_vsock_socket(), &mut vsock, Duration::from_secs(10))?;
-        procs.push(vsock);
+        std::fs::create_dir_all(dir.vmm_jail())?;
+        if !hypervisor.serves_vsock() {
+            let mut vsock = vsock_backend::spawn(&assets.vsock_backend, dir, GUEST_CID)?;
+            crate::process::wait_for_path(&dir.vhost_vsock_socket(), &mut vsock, Duration::from_secs(10))?;
+            procs.push(vsock);
+        }
         let mut fs_daemon = virtiofsd::spawn(&assets.virtiofsd, dir, binds.as_deref())?;
         crate::process::wait_for_path(&dir.virtiofsd_socket(), &mut fs_daemon, Duration::from_secs(10))?;
         procs.push(fs_daemon);
@@ -106,7 +109,7 @@ impl Sandbox {
         // no_timer_check: under TCG on a loaded host the kernel's early check that the timer
         // reaches the IO-APIC can miss its ticks and panic ("IO-APIC + timer doesn't work").
         let vm = VmConfig {
-            kernel: assets.kernel.clone(),
+            kernel: hypervisor.kernel(assets),
             initramfs: assets.initramfs.clone(),
             cmdline: "console=ttyS0 quiet panic=-1 reboot=t nomodule no_timer_check".into(),
             vcpus: config.vcpus,
@@ -114,6 +117,9 @@ impl Sandbox {
             console_log: dir.console_log(),
             vmm_log: dir.dir.join("vmm.log"),
             vsock_vhost_socket: dir.vhost_vsock_socket(),
+            vsock_socket: dir.vsock_socket(),
+            guest_cid: GUEST_CID,
+            jail_dir: dir.vmm_jail(),
             virtiofs_socket: dir.virtiofsd_socket(),
             virtiofs_tag: SHARE_TAG.into(),
             nics,
@@ -128,7 +134,15 @@ impl Sandbox {
             AgentClient::connect(&vsock_socket, deadline, || procs.iter_mut().try_for_each(|p| p.check_alive()))
         });
         let (agent, notices) = booted.with_context(|| {
-            format!("booting the sandbox (guest console {}: {})", dir.console_log().display(), console_tail(&dir.console_log()))
+            let vmm_log = dir.dir.join("vmm.log");
+            format!(
+                "booting the sandbox (guest console {}: {}; {} log {}: {})",
+                dir.console_log().display(),
+                console_tail(&dir.console_log()),
+                hypervisor.name(),
+                vmm_log.display(),
+                console_tail(&vmm_log),
+            )
         })?;
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "agent ready");
         Ok(Sandbox { agent: Arc::new(agent), notices, procs, vsock_socket })

@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
-use vmm_sys_util::epoll::EventSet;
+pub use vmm_sys_util::epoll::EventSet;
 
 use super::packet::*;
 
@@ -160,6 +160,10 @@ impl Muxer {
 
     pub fn has_rx(&self) -> bool {
         !self.rx.is_empty()
+    }
+
+    pub fn rx_backlog(&self) -> usize {
+        self.rx.len()
     }
 
     pub fn connection_count(&self) -> usize {
@@ -551,5 +555,122 @@ impl Muxer {
             self.set_interest(key, want);
             self.push_rx(RxItem::Data(key));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    const CID: u64 = 3;
+
+    fn muxer(name: &str) -> (Muxer, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("hull-muxer-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let uds = dir.join("v.sock");
+        let listener = UnixListener::bind(&uds).unwrap();
+        (Muxer::new(CID, uds.clone(), listener).unwrap(), uds)
+    }
+
+    fn guest(op: u16, src_port: u32, dst_port: u32, len: u32) -> Header {
+        Header { src_cid: CID, dst_cid: HOST_CID, src_port, dst_port, len, type_: TYPE_STREAM, op, buf_alloc: 65536, ..Default::default() }
+    }
+
+    /// Deliver every readiness the muxer asked the loop to watch.
+    fn pump(m: &mut Muxer) {
+        for op in m.take_fd_ops() {
+            if let FdOp::Add(fd, _) = op {
+                m.on_host_event(fd, EventSet::IN);
+            }
+        }
+        m.release_closed();
+    }
+
+    #[test]
+    fn host_initiated_connection_carries_data_both_ways_and_closes() {
+        let (mut m, uds) = muxer("host");
+        let mut host = UnixStream::connect(&uds).unwrap();
+        host.write_all(b"CONNECT 5000\n").unwrap();
+        m.on_host_event(m.listener_fd(), EventSet::IN);
+        pump(&mut m);
+        let (req, _) = m.next_rx(4096).expect("a REQUEST for the guest");
+        assert_eq!((req.op, req.dst_port, req.dst_cid), (OP_REQUEST, 5000, CID));
+        let local = req.src_port;
+
+        m.on_guest_packet(&guest(OP_RESPONSE, 5000, local, 0), &[]);
+        let mut line = [0u8; 64];
+        let n = host.read(&mut line).unwrap();
+        assert_eq!(std::str::from_utf8(&line[..n]).unwrap(), format!("OK {local}\n"));
+
+        m.on_guest_packet(&guest(OP_RW, 5000, local, 2), b"hi");
+        let mut two = [0u8; 2];
+        host.read_exact(&mut two).unwrap();
+        assert_eq!(&two, b"hi");
+
+        host.write_all(b"yo").unwrap();
+        let fd = host_side_fd(&m, local);
+        m.on_host_event(fd, EventSet::IN);
+        let (rw, data) = m.next_rx(4096).unwrap();
+        assert_eq!((rw.op, data.as_slice()), (OP_RW, &b"yo"[..]));
+        assert_eq!(rw.buf_alloc, BUF_ALLOC);
+
+        drop(host);
+        m.on_host_event(fd, EventSet::IN | EventSet::HANG_UP);
+        let (shut, _) = m.next_rx(4096).unwrap();
+        assert_eq!(shut.op, OP_SHUTDOWN);
+        m.on_guest_packet(&guest(OP_RST, 5000, local, 0), &[]);
+        assert_eq!(m.connection_count(), 0);
+    }
+
+    fn host_side_fd(m: &Muxer, local: u32) -> RawFd {
+        *m.by_fd.iter().find(|(_, k)| k.0 == local).unwrap().0
+    }
+
+    #[test]
+    fn guest_connections_reach_uds_port_or_are_reset() {
+        let (mut m, uds) = muxer("guest");
+        m.on_guest_packet(&guest(OP_REQUEST, 40000, 7, 0), &[]);
+        assert_eq!(m.next_rx(4096).unwrap().0.op, OP_RST);
+        let service = UnixListener::bind(format!("{}_7", uds.display())).unwrap();
+        m.on_guest_packet(&guest(OP_REQUEST, 40000, 7, 0), &[]);
+        assert_eq!(m.next_rx(4096).unwrap().0.op, OP_RESPONSE);
+        let (mut s, _) = service.accept().unwrap();
+        m.on_guest_packet(&guest(OP_RW, 40000, 7, 3), b"abc");
+        let mut b = [0u8; 3];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"abc");
+        // A second REQUEST for the same pair is refused.
+        m.on_guest_packet(&guest(OP_REQUEST, 40000, 7, 0), &[]);
+        assert_eq!(m.next_rx(4096).unwrap().0.op, OP_RST);
+    }
+
+    #[test]
+    fn packets_for_no_connection_are_reset_and_the_backlog_is_bounded() {
+        let (mut m, _) = muxer("flood");
+        for i in 0..(MAX_RX_BACKLOG as u32 + 500) {
+            m.on_guest_packet(&guest(OP_RW, 50000 + i, 9, 1), b"x");
+        }
+        assert_eq!(m.rx_backlog(), MAX_RX_BACKLOG);
+        assert_eq!(m.dropped_packets(), 500);
+        // Wrong CIDs are dropped without a reply.
+        let mut h = guest(OP_REQUEST, 1, 2, 0);
+        h.src_cid = 99;
+        let before = m.rx_backlog();
+        m.on_guest_packet(&h, &[]);
+        assert_eq!(m.rx_backlog(), before);
+    }
+
+    #[test]
+    fn a_bad_connect_line_is_dropped() {
+        let (mut m, uds) = muxer("line");
+        let mut host = UnixStream::connect(&uds).unwrap();
+        host.write_all(b"HELLO 5\n").unwrap();
+        m.on_host_event(m.listener_fd(), EventSet::IN);
+        pump(&mut m);
+        assert!(!m.has_rx());
+        let mut buf = [0u8; 8];
+        assert_eq!(host.read(&mut buf).unwrap(), 0, "the host socket is closed");
     }
 }
