@@ -131,6 +131,18 @@ wait_http || { echo "bench: runc web container did not answer" >&2; exit 1; }
 read -r runc_mbs runc_lat <<<"$(net_measure)"
 runc --root "$work/runc" delete -f web >/dev/null 2>&1
 
+echo "bench: hull-vmm: start → first KVM_RUN and memory, next to QEMU microvm ($RUNS runs)" >&2
+vmm_rows=$(RUNS=$RUNS "$here/target/release/vmm-bench")
+if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -e /dev/kvm ]; then
+  echo "bench: hull run true on the hull-vmm backend (hardware KVM) ($RUNS runs)" >&2
+  vmm_run_ms=$(HULL_BACKEND=hull-vmm time_runs "$HULL" --root "$root" run --bundle "$bundle" bench)
+  vmm_rows="$vmm_rows
+| \`hull run\` of \`true\` on hull-vmm (hardware KVM): start → agent ready → exit, wall | ${vmm_run_ms} ms |"
+else
+  vmm_rows="$vmm_rows
+| \`hull run\` on hull-vmm, start → agent ready | not measured: no hardware KVM here (PVM cannot boot Linux) |"
+fi
+
 echo "bench: containerd (private instance): ctr run, CRI pods, pod memory" >&2
 containerd_rows=$(RUNS=$RUNS "$here/target/release/containerd-bench")
 
@@ -143,5 +155,6 @@ cat <<TABLE
 | host memory (PSS) of one idle sandbox: supervisor, QEMU, virtiofsd, vsock backend ($nprocs processes) | $((pss_kib / 1024)) MiB |
 | HTTP GET of a 32 MiB file, host → container (hull / runc, same netns setup) | ${hull_mbs} / ${runc_mbs} MB/s |
 | HTTP GET /hello latency, host → container (hull / runc, median of 20) | ${hull_lat} / ${runc_lat} ms |
+$vmm_rows
 $containerd_rows
 TABLE

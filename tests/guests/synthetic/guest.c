@@ -9,6 +9,7 @@
  *   hull.vsock_port=N   listen on vsock port N and echo one connection back (host CONNECTs)
  *   hull.host_port=N    connect to host port N, send a greeting, print the reply
  *   hull.hostile=1      first attack the devices with malformed chains and floods
+ *   hull.idle=1         halt for good instead of resetting (benchmarks measure an idle VMM)
  */
 #include <stdint.h>
 #include <stddef.h>
@@ -377,5 +378,9 @@ void guest_main(const uint8_t *zero_page) {
         if (opt("hull.vsock_port", &v)) vsock_echo(d, (uint32_t)v);
     }
     puts_serial("hull-synthetic: all steps done\n");
+    if (opt("hull.idle", &v) && v) {
+        puts_serial("hull-synthetic: idling\n");
+        for (;;) __asm__ volatile("cli; hlt");
+    }
     reset();
 }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Short fuzzing runs of hull-vmm's guest-facing parsers (descriptor chains, vsock packets).
+# cargo-fuzz is installed into the tool cache outside the repo, like the other helpers. The
+# machine has a stable toolchain only; RUSTC_BOOTSTRAP lets it take the sanitizer flags.
+#
+#   scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 30)
+set -euo pipefail
+seconds=${1:-30}
+cache_root=${HULL_CACHE:-$HOME/.cache/hull}
+version=0.13.2
+root="$cache_root/tools/cargo-fuzz-$version"
+if [ ! -x "$root/bin/cargo-fuzz" ]; then
+  echo "fuzz: cargo install cargo-fuzz $version (a few minutes on 2 cores)"
+  cargo install --quiet --locked --root "$root.tmp" --version "$version" cargo-fuzz
+  rm -rf "$root"; mv "$root.tmp" "$root"
+fi
+cd "$(dirname "$0")/../vmm"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+for target in virtqueue_chain vsock_packets; do
+  echo "fuzz: $target for ${seconds}s"
+  if ! RUSTC_BOOTSTRAP=1 "$root/bin/cargo-fuzz" run "$target" -- -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
+    tail -40 "$log"
+    echo "fuzz: $target FAILED (crash inputs, if any, are in vmm/fuzz/artifacts/$target/)"
+    exit 1
+  fi
+  runs=$(grep -oE "^stat::number_of_executed_units: *[0-9]+" "$log" | grep -oE "[0-9]+$")
+  echo "fuzz: $target: ${runs:-?} inputs, no crash"
+done
