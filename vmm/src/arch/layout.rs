@@ -1,9 +1,10 @@
 //! Guest physical memory map. The low addresses follow the Linux x86 boot protocol and match what
 //! Firecracker and QEMU's microvm use, so a stock kernel finds everything where it looks.
 
-/// Global descriptor table and the (empty) interrupt descriptor table used for the 64-bit entry.
+/// Global descriptor table (five entries) and, right after it, the empty interrupt descriptor
+/// table used for the 64-bit entry.
 pub const BOOT_GDT_START: u64 = 0x500;
-pub const BOOT_IDT_START: u64 = 0x520;
+pub const BOOT_IDT_START: u64 = 0x528;
 /// Linux's "zero page": `struct boot_params`.
 pub const ZERO_PAGE_START: u64 = 0x7000;
 /// Initial stack pointer of the boot vCPU (grows down, below the zero page's next page).

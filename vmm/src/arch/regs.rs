@@ -55,20 +55,23 @@ fn segment(entry: u64, index: u8) -> kvm_segment {
 pub fn setup_sregs(mem: &GuestMemoryMmap, vcpu: &VcpuFd) -> Result<(), RegsError> {
     let mut sregs = vcpu.get_sregs().map_err(|e| RegsError::Kvm("KVM_GET_SREGS", e))?;
 
-    let gdt: [u64; 4] = [
+    // The 64-bit boot protocol (Documentation/arch/x86/boot.rst) wants flat segments at
+    // __BOOT_CS = 0x10 and __BOOT_DS = 0x18; a bzImage's decompressor relies on them.
+    let gdt: [u64; 5] = [
         gdt_entry(0, 0, 0),            // null
-        gdt_entry(0xa09b, 0, 0xfffff), // 64-bit code
-        gdt_entry(0xc093, 0, 0xfffff), // data
-        gdt_entry(0x808b, 0, 0xfffff), // TSS
+        gdt_entry(0, 0, 0),            // unused
+        gdt_entry(0xa09b, 0, 0xfffff), // 64-bit code, selector 0x10
+        gdt_entry(0xc093, 0, 0xfffff), // data, selector 0x18
+        gdt_entry(0x808b, 0, 0xfffff), // TSS, selector 0x20
     ];
     for (i, e) in gdt.iter().enumerate() {
         mem.write_obj(*e, GuestAddress(BOOT_GDT_START + (i as u64) * 8))?;
     }
     mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))?;
 
-    let code = segment(gdt[1], 1);
-    let data = segment(gdt[2], 2);
-    let tss = segment(gdt[3], 3);
+    let code = segment(gdt[2], 2);
+    let data = segment(gdt[3], 3);
+    let tss = segment(gdt[4], 4);
     sregs.gdt.base = BOOT_GDT_START;
     sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
     sregs.idt.base = BOOT_IDT_START;
