@@ -314,7 +314,9 @@ fn bad_configuration_is_refused_naming_the_field_and_leaves_nothing() {
     assert!(run(&["--kernel", "/nonexistent"]).contains("kernel: /nonexistent is not a file"));
     assert!(run(&["--kernel", guest, "--vcpus", "0"]).contains("vcpus: 0 is out of range"));
     assert!(run(&["--kernel", guest, "--memory-mib", "8"]).contains("memory_mib: 8 is out of range"));
-    assert!(run(&["--kernel", guest, "--tap", "x", "--mac", "nope"]).contains("net.mac:"));
+    assert!(run(&["--kernel", guest, "--tap", "x", "--mac", "nope"]).contains("net[0].mac:"));
+    assert!(run(&["--kernel", guest, "--vcpus", "33"]).contains("vcpus: 33 is out of range (1 to 32)"));
+    assert!(run(&["--config", "/x.json", "--kernel", guest]).contains("cannot be used with"));
     let cfg = env.dir.join("vm.json");
     std::fs::write(&cfg, format!(r#"{{"kernel": "{guest}", "vcpu": 2}}"#)).unwrap();
     let err = run(&["--config", cfg.to_str().unwrap()]);
@@ -358,4 +360,20 @@ fn runtime_backend_hull_vmm_boots_or_fails_cleanly() {
     }
     let _ = env.hull_out(&["delete", "--force", "vmmbackend"]);
     env.assert_clean();
+}
+
+#[test]
+fn sigterm_shuts_the_vmm_down_in_order() {
+    let env = Env::new("vmm-sigterm");
+    let uds = env.dir.join("v.sock");
+    let uds_s = uds.to_str().unwrap().to_string();
+    let mut vm = Vm::start(&env.dir, &guest_args("hull.idle=1", &uds_s));
+    vm.wait_console("idling", Duration::from_secs(30));
+    assert!(uds.exists());
+    // SAFETY: kill with the pid of our own child and a signal number.
+    assert_eq!(unsafe { libc::kill(vm.pid() as i32, libc::SIGTERM) }, 0);
+    let status = vm.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}\n{}", vm.stderr_text());
+    assert!(vm.stderr_text().contains("signal 15: shutting down"), "{}", vm.stderr_text());
+    assert!(!uds.exists(), "the vsock socket was left behind");
 }

@@ -70,11 +70,6 @@ pub struct Vmm {
 }
 
 impl Vmm {
-    /// The guest memory, for devices built outside this module.
-    pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.mem
-    }
-
     /// Plug a virtio device in: an MMIO window, an interrupt line (irqfd), one ioeventfd per
     /// queue, and an entry on the kernel command line. `subscriber` is the same device as the
     /// event loop sees it.
@@ -106,13 +101,6 @@ impl Vmm {
         Ok(())
     }
 
-    pub fn add_subscriber(&mut self, s: Subscriber) {
-        self.events.add_subscriber(s);
-    }
-
-    pub fn exit_event(&self) -> &Arc<ExitEvent> {
-        &self.exit
-    }
 }
 
 /// Open KVM and make the VM with its RAM and legacy devices. Virtio devices are added next
@@ -188,7 +176,7 @@ pub fn create(config: &VmmConfig) -> Result<Vmm, BuildError> {
 pub fn load(vmm: &mut Vmm, config: &VmmConfig) -> Result<(), BuildError> {
     let kernel = boot::load_kernel(&vmm.mem, &config.kernel)?;
     let initrd = match &config.initrd {
-        Some(path) => Some(boot::load_initrd(&vmm.mem, path, kernel.end)?),
+        Some(path) => Some(boot::load_initrd(&vmm.mem, path, &kernel)?),
         None => None,
     };
     let mut cmdline = config.cmdline.trim().to_string();

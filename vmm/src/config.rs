@@ -91,15 +91,22 @@ fn default_nofile() -> u64 {
     2048
 }
 
+/// The MP table, IO-APIC id and CPUID topology fields are sized for this many.
+pub const MAX_VCPUS: u8 = 32;
+
 #[derive(Debug, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct ConfigError {
-    pub field: &'static str,
+    pub field: String,
     pub message: String,
 }
 
-fn bad(field: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError { field, message: message.into() }
+fn bad(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.to_string(), message: message.into() }
+}
+
+fn bad_at(list: &str, index: usize, field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { field: format!("{list}[{index}].{field}"), message: message.into() }
 }
 
 /// Parse `aa:bb:cc:dd:ee:ff`.
@@ -128,8 +135,8 @@ impl VmmConfig {
                 return Err(bad("initrd", format!("{} is not a file", initrd.display())));
             }
         }
-        if self.vcpus == 0 || self.vcpus > 254 {
-            return Err(bad("vcpus", format!("{} is out of range (1 to 254)", self.vcpus)));
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(bad("vcpus", format!("{} is out of range (1 to {MAX_VCPUS})", self.vcpus)));
         }
         if !(16..=65536).contains(&self.memory_mib) {
             return Err(bad("memory_mib", format!("{} is out of range (16 to 65536)", self.memory_mib)));
@@ -153,17 +160,20 @@ impl VmmConfig {
                 return Err(bad("fs.queue_size", "must be a power of two up to 32768"));
             }
         }
-        for n in &self.net {
+        for (i, n) in self.net.iter().enumerate() {
             if n.tap.is_some() == n.tap_fd.is_some() {
-                return Err(bad("net.tap", "give exactly one of tap (a name) or tap_fd"));
+                return Err(bad_at("net", i, "tap", "give exactly one of tap (a name) or tap_fd"));
             }
             if let Some(mac) = &n.mac {
                 if parse_mac(mac).is_none() {
-                    return Err(bad("net.mac", format!("{mac:?} is not aa:bb:cc:dd:ee:ff")));
+                    return Err(bad_at("net", i, "mac", format!("{mac:?} is not aa:bb:cc:dd:ee:ff")));
                 }
             }
         }
         if let Some(j) = &self.jail {
+            if j.uid.is_some() != j.gid.is_some() {
+                return Err(bad("jail.uid", "give uid and gid together (a uid alone would keep root's groups)"));
+            }
             if !j.dir.is_absolute() || !j.dir.is_dir() {
                 return Err(bad("jail.dir", format!("{} is not an existing absolute directory", j.dir.display())));
             }
@@ -198,7 +208,7 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().starts_with("vsock.guest_cid:"));
         let mut c = base();
         c.net = vec![NetConfig { tap: Some("t".into()), tap_fd: None, mac: Some("zz".into()) }];
-        assert!(c.validate().unwrap_err().to_string().starts_with("net.mac:"));
+        assert!(c.validate().unwrap_err().to_string().starts_with("net[0].mac:"));
         let err = serde_json::from_str::<VmmConfig>(r#"{"kernel": "/k", "vcpu": 2}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `vcpu`"), "{err}");
     }

@@ -26,15 +26,18 @@ fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_encoded_bytes()).expect("paths have no NUL bytes")
 }
 
-/// Highest capability number to drop from the bounding set (CAP_LAST_CAP on current kernels is
-/// 40; dropping an unknown one fails with EINVAL, which is ignored).
+/// Highest capability number to try dropping from the bounding set (CAP_LAST_CAP on current
+/// kernels is 40; the first unknown one fails with EINVAL, which ends the loop).
 const CAP_MAX: libc::c_ulong = 63;
 
 /// Enter the jail. Must run while the process has a single thread (unsharing the mount
 /// namespace needs an unshared fs struct).
 pub fn enter(jail: &JailConfig) -> Result<(), JailError> {
-    // SAFETY: unshare with a flag constant only affects this process.
-    check(unsafe { libc::unshare(libc::CLONE_NEWNS) }, "unshare(CLONE_NEWNS)")?;
+    // A new network namespace too: taps are already open (they keep working), and abstract
+    // unix sockets of the host's namespace, which no path-based jail can hide, become
+    // unreachable. Path-based sockets (the vsock ones in the jail dir) are unaffected.
+    // SAFETY: unshare with flag constants only affects this process.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET) }, "unshare(CLONE_NEWNS | CLONE_NEWNET)")?;
     let root = c"/";
     // SAFETY: mount with valid NUL-terminated strings and null data; makes our copy of the
     // mount tree private so nothing we do propagates back to the host.
@@ -68,14 +71,20 @@ pub fn enter(jail: &JailConfig) -> Result<(), JailError> {
 
     for cap in 0..=CAP_MAX {
         // SAFETY: prctl with integer arguments.
-        let _ = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+            let e = std::io::Error::last_os_error();
+            // EINVAL: past the kernel's last capability; anything else is a real failure.
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(JailError { step: format!("dropping capability {cap} from the bounding set"), source: e });
+        }
     }
-    if let Some(gid) = jail.gid {
-        // SAFETY: setgroups with an empty list; setgid with an integer.
+    if let (Some(uid), Some(gid)) = (jail.uid, jail.gid) {
+        // SAFETY: setgroups with an empty list.
         check(unsafe { libc::setgroups(0, std::ptr::null()) }, "setgroups")?;
+        // SAFETY: setgid with an integer.
         check(unsafe { libc::setgid(gid) }, format!("setgid {gid}"))?;
-    }
-    if let Some(uid) = jail.uid {
         // SAFETY: setuid with an integer.
         check(unsafe { libc::setuid(uid) }, format!("setuid {uid}"))?;
     }

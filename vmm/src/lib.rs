@@ -12,4 +12,5 @@ pub mod run;
 pub mod vcpu;
 pub mod virtio;
 pub mod jail;
+pub mod log_budget;
 pub mod seccomp;

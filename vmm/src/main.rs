@@ -13,7 +13,10 @@ use hull_vmm::vcpu::ExitReason;
 #[command(name = "hull-vmm", version, about = "hull's KVM microVM monitor")]
 struct Args {
     /// JSON configuration (hull_vmm::config::VmmConfig); only --console-log may be added to it.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = [
+        "kernel", "initrd", "cmdline", "vcpus", "memory_mib", "vsock_cid", "vsock_uds",
+        "fs_socket", "fs_tag", "tap", "tap_fd", "mac", "jail", "uid", "gid",
+    ])]
     config: Option<PathBuf>,
     /// vmlinux (64-bit ELF) or bzImage.
     #[arg(long)]
@@ -53,9 +56,9 @@ struct Args {
     #[arg(long)]
     jail: Option<PathBuf>,
     /// Run as this uid (and --gid) inside the jail.
-    #[arg(long, requires = "jail")]
+    #[arg(long, requires_all = ["jail", "gid"])]
     uid: Option<u32>,
-    #[arg(long, requires = "jail")]
+    #[arg(long, requires_all = ["jail", "uid"])]
     gid: Option<u32>,
     /// Run without seccomp filters (debugging only).
     #[arg(long)]
@@ -68,9 +71,6 @@ struct Args {
 impl Args {
     fn into_config(self) -> anyhow::Result<VmmConfig> {
         if let Some(path) = &self.config {
-            if self.kernel.is_some() || self.vsock_uds.is_some() || self.fs_socket.is_some() || self.tap.is_some() || self.jail.is_some() {
-                anyhow::bail!("--config describes the whole VM: give either it or --kernel and the device flags");
-            }
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
             let mut config: VmmConfig =
@@ -110,6 +110,8 @@ impl Args {
 fn run(args: Args) -> anyhow::Result<ExitReason> {
     let seccomp = !args.no_seccomp;
     let config = args.into_config()?;
+    let keep: Vec<i32> = config.net.iter().filter_map(|n| n.tap_fd).collect();
+    close_inherited_fds(&keep);
     let mut jailed = false;
     let result = run_vm(&config, seccomp, &mut jailed);
     // The vsock socket is ours: remove it whether the VM ran or failed to start, so nothing is
@@ -155,11 +157,30 @@ fn run_vm(config: &VmmConfig, seccomp: bool, jailed: &mut bool) -> anyhow::Resul
     Ok(vmm.run(signals, Some(on_vcpu), Some(on_main))?)
 }
 
+/// Close every descriptor above stderr that the caller left open, except the taps it handed
+/// us: a VMM must not hold on to (or be able to use) anything it was not given on purpose.
+fn close_inherited_fds(keep: &[i32]) {
+    let mut keep: Vec<u32> = keep.iter().filter(|fd| **fd > 2).map(|fd| *fd as u32).collect();
+    keep.sort_unstable();
+    let mut low = 3u32;
+    for fd in keep.into_iter().chain(std::iter::once(u32::MAX)) {
+        if fd > low {
+            // SAFETY: close_range on descriptors nothing in this process uses yet (nothing has
+            // been opened since exec, and the kept taps are skipped).
+            unsafe { libc::syscall(libc::SYS_close_range, low, fd - 1, 0) };
+        }
+        low = fd.saturating_add(1);
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    // virtio-queue reports driver mistakes through `log` at error level, once per mistake: a
+    // guest could flood the log with them. hull-vmm logs those itself, within a budget.
+    let filter = format!("{},virtio_queue=off", args.log_level);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log_level))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(args) {

@@ -17,7 +17,7 @@ pub enum MemoryError {
     Truncate(u64, std::io::Error),
     #[error("mapping guest memory: {0}")]
     Map(String),
-    #[error("memory size {0} MiB is out of range (16 MiB to 64 GiB)")]
+    #[error("memory_mib: {0} is out of range (16 to 65536)")]
     Size(u64),
 }
 

@@ -26,6 +26,8 @@ const COMMON: &[i64] = &[
     libc::SYS_close,
     libc::SYS_futex,
     libc::SYS_mmap,
+    // glibc's per-thread malloc arenas grow by mprotect.
+    libc::SYS_mprotect,
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_madvise,

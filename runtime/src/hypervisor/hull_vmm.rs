@@ -47,11 +47,17 @@ impl HullVmm {
             anyhow::ensure!(vm.nics.len() == 1, "the hull-vmm backend attaches one NIC; this sandbox has {}", vm.nics.len());
             cmd.args(["--tap-fd", &FIRST_TAP_FD.to_string(), "--mac", &nic.mac]);
             let fd = nic.tap_fd;
-            // SAFETY: dup2 is async-signal-safe; the tap fd stays open in the parent (owned by
-            // the network attachment) until spawn returns.
+            // SAFETY: dup2 and fcntl are async-signal-safe; the tap fd stays open in the parent
+            // (owned by the network attachment) until spawn returns.
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::dup2(fd, FIRST_TAP_FD) < 0 {
+                    // dup2 onto itself keeps close-on-exec; clear it explicitly then.
+                    let rc = if fd == FIRST_TAP_FD {
+                        libc::fcntl(fd, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, FIRST_TAP_FD)
+                    };
+                    if rc < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())

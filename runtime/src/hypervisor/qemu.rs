@@ -57,12 +57,14 @@ impl Qemu {
             fds.push((nic.tap_fd, target));
         }
         if !fds.is_empty() {
-            // SAFETY: dup2 is async-signal-safe; the tap fds stay open in the parent (owned by
+            // SAFETY: dup2 and fcntl are async-signal-safe; the tap fds stay open in the parent (owned by
             // the network attachment) until spawn returns.
             unsafe {
                 cmd.pre_exec(move || {
                     for (fd, target) in &fds {
-                        if libc::dup2(*fd, *target) < 0 {
+                        // dup2 onto itself keeps close-on-exec; clear it explicitly then.
+                        let rc = if fd == target { libc::fcntl(*fd, libc::F_SETFD, 0) } else { libc::dup2(*fd, *target) };
+                        if rc < 0 {
                             return Err(std::io::Error::last_os_error());
                         }
                     }

@@ -142,11 +142,11 @@ fn main() {
         median(h_cpu)
     );
     println!("| QEMU microvm (TCG): process start → ready to run (`-S`, QMP `prelaunch`) | {:.1} ms |", median(q_ms));
-    println!("| Firecracker, published: start → guest init ≤ 125 ms; VMM CPU to start the guest ≤ 8 ms | — |");
+    println!("| Firecracker, published (its SPECIFICATION.md, on i3.metal): process start → API socket ≤ 8 CPU ms (wall typically ~12 ms) | — |");
     println!(
         "| VMM memory beyond guest RAM (RssAnon + RssFile), idle: hull-vmm / QEMU microvm | {:.1} / {:.1} MiB |",
         median(h_rss) / 1024.0,
         median(q_rss) / 1024.0
     );
-    println!("| Firecracker, published: VMM memory overhead | ≤ 5 MiB |");
+    println!("| Firecracker, published: VMM threads' memory overhead (2 vCPU / 256 MiB) | ≤ 5 MiB |");
 }

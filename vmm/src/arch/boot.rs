@@ -7,7 +7,7 @@ use std::path::Path;
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 use super::layout::*;
 use crate::memory::ram_ranges;
@@ -18,6 +18,8 @@ pub enum BootError {
     KernelFile { path: String, source: std::io::Error },
     #[error("kernel {path}: neither a 64-bit ELF nor a bzImage")]
     KernelFormat { path: String },
+    #[error("kernel {path}: this bzImage has no 64-bit entry point (XLF_KERNEL_64)")]
+    KernelNot64 { path: String },
     #[error("kernel {path}: {source}")]
     KernelLoad { path: String, source: loader::Error },
     #[error("initrd {path}: {source}")]
@@ -38,14 +40,12 @@ const KERNEL_MIN_ALIGNMENT: u32 = 0x0100_0000;
 /// Offset of the 64-bit entry point (startup_64) in a bzImage's protected-mode part.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
-/// `boot_params` as plain bytes for guest memory.
-#[derive(Clone, Copy, Default)]
-struct ZeroPage(boot_params);
-// SAFETY: boot_params is a repr(C) struct of integers and arrays of integers, with no implicit
-// padding that could leak host data (bindgen output of the kernel's packed UAPI struct).
-unsafe impl ByteValued for ZeroPage {}
+/// xloadflags bit: the bzImage has a 64-bit entry point at load address + 0x200.
+const XLF_KERNEL_64: u16 = 1;
 
-/// What loading produced: where to jump, and the bzImage's setup header if there was one.
+/// What loading produced: where to jump, the bzImage's setup header if there was one, and the
+/// first address past what the kernel will occupy (for a bzImage, including the room its
+/// decompressor needs: `init_size` from where it decompresses to).
 pub struct LoadedKernel {
     pub entry: GuestAddress,
     pub setup_header: Option<setup_header>,
@@ -73,15 +73,21 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         return Err(BootError::KernelFormat { path: display });
     }
     let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
+    let hdr = r.setup_header.ok_or_else(|| BootError::KernelFormat { path: display.clone() })?;
+    if hdr.xloadflags & XLF_KERNEL_64 == 0 {
+        return Err(BootError::KernelNot64 { path: display });
+    }
+    let decompressed_end = hdr.pref_address.max(r.kernel_load.0) + u64::from(hdr.init_size);
     Ok(LoadedKernel {
         entry: GuestAddress(r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET),
-        setup_header: r.setup_header,
-        end: r.kernel_end,
+        setup_header: Some(hdr),
+        end: r.kernel_end.max(decompressed_end),
     })
 }
 
-/// Place the initrd at the top of low memory, page aligned. Returns (address, size).
-pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Result<(u64, u64), BootError> {
+/// Place the initrd at the top of low memory (below the kernel's `initrd_addr_max` when it
+/// gives one), page aligned, above the kernel. Returns (address, size).
+pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel: &LoadedKernel) -> Result<(u64, u64), BootError> {
     let display = path.display().to_string();
     let mut file =
         File::open(path).map_err(|source| BootError::InitrdFile { path: display.clone(), source })?;
@@ -89,8 +95,11 @@ pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Resul
         .metadata()
         .map_err(|source| BootError::InitrdFile { path: display.clone(), source })?
         .len();
-    let low_end = mem.last_addr().0.min(MMIO_GAP_START - 1) + 1;
-    let addr = low_end.checked_sub(size).map(|a| a & !0xfff).filter(|a| *a >= kernel_end);
+    let mut top = mem.last_addr().0.min(MMIO_GAP_START - 1);
+    if let Some(max) = kernel.setup_header.map(|h| u64::from(h.initrd_addr_max)).filter(|m| *m > 0) {
+        top = top.min(max);
+    }
+    let addr = (top + 1).checked_sub(size).map(|a| a & !0xfff).filter(|a| *a >= kernel.end);
     let Some(addr) = addr else {
         return Err(BootError::InitrdTooBig { path: display, size });
     };
@@ -128,11 +137,11 @@ pub fn write_boot_params(
     initrd: Option<(u64, u64)>,
     mem_size: u64,
 ) -> Result<(), BootError> {
-    let mut params = ZeroPage::default();
+    let mut params = boot_params::default();
     if let Some(hdr) = kernel.setup_header {
-        params.0.hdr = hdr;
+        params.hdr = hdr;
     }
-    let hdr = &mut params.0.hdr;
+    let hdr = &mut params.hdr;
     hdr.type_of_loader = KERNEL_LOADER_OTHER;
     hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     hdr.header = KERNEL_HDR_MAGIC;
@@ -145,9 +154,9 @@ pub fn write_boot_params(
     }
     let map = e820_map(mem_size);
     for (i, (addr, size)) in map.iter().enumerate() {
-        params.0.e820_table[i] = boot_e820_entry { addr: *addr, size: *size, type_: E820_RAM };
+        params.e820_table[i] = boot_e820_entry { addr: *addr, size: *size, type_: E820_RAM };
     }
-    params.0.e820_entries = map.len() as u8;
+    params.e820_entries = map.len() as u8;
     mem.write_obj(params, GuestAddress(ZERO_PAGE_START))?;
     Ok(())
 }

@@ -11,9 +11,14 @@ const LEAF_POWER_MGMT: u32 = 0x6;
 const LEAF_PMU: u32 = 0xa;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
+/// AMD: address sizes and core count (ECX), and extended APIC id / core id.
+const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+const LEAF_AMD_EXT_APIC: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// Perfmon and debug capability MSR: meaningless without a virtual PMU.
+const ECX_PDCM: u32 = 1 << 15;
 const EDX_HTT: u32 = 1 << 28;
 /// Leaf 6 EAX: turbo boost (bit 1) and the hardware-P-state bits (7..=11) are host things.
 const POWER_MGMT_EAX_HIDE: u32 = (1 << 1) | (0x1f << 7);
@@ -42,6 +47,7 @@ pub fn filter(entries: &mut [kvm_cpuid_entry2], cpu_index: u8, cpu_count: u8, ts
                 // EBX: APIC id [31:24], logical processors per package [23:16], CLFLUSH 8x8 bytes.
                 e.ebx = (apic_id << 24) | (count << 16) | (8 << 8) | (e.ebx & 0xff);
                 e.ecx |= ECX_HYPERVISOR;
+                e.ecx &= !ECX_PDCM;
                 if tsc_deadline {
                     e.ecx |= ECX_TSC_DEADLINE;
                 }
@@ -87,6 +93,17 @@ pub fn filter(entries: &mut [kvm_cpuid_entry2], cpu_index: u8, cpu_count: u8, ts
                         e.ecx = e.index;
                     }
                 }
+            }
+            LEAF_AMD_SIZES => {
+                // ECX [15:12]: APIC id bits for cores; [7:0]: cores per package - 1.
+                e.ecx = (e.ecx & !0xf0ff) | (bits_for(count) << 12) | (count - 1);
+            }
+            LEAF_AMD_EXT_APIC => {
+                // EAX: extended APIC id; EBX [7:0]: core id, [15:8]: threads per core - 1;
+                // ECX: node 0, one node per package.
+                e.eax = apic_id;
+                e.ebx = apic_id & 0xff;
+                e.ecx = 0;
             }
             _ => {}
         }

@@ -7,8 +7,8 @@ use super::layout::{APIC_ADDR, EBDA_START, IOAPIC_ADDR, IRQ_MAX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MpTableError {
-    #[error("MP table: {0} vCPUs is more than the table can describe (max 254)")]
-    TooManyCpus(u8),
+    #[error("MP table: cannot describe {0} vCPUs (1 to {max})", max = crate::config::MAX_VCPUS)]
+    CpuCount(u8),
     #[error("writing the MP table: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
 }
@@ -31,8 +31,9 @@ fn checksum(bytes: &[u8]) -> u8 {
 /// Build the floating pointer and configuration table for `cpus` vCPUs, as bytes to be placed
 /// at `base`.
 pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>, MpTableError> {
-    if cpus == 0 || cpus > 254 {
-        return Err(MpTableError::TooManyCpus(cpus));
+    // Beyond MAX_VCPUS the table would outgrow the 1 KiB EBDA window it lives in.
+    if cpus == 0 || cpus > crate::config::MAX_VCPUS {
+        return Err(MpTableError::CpuCount(cpus));
     }
     let ioapic_id = cpus + 1;
     let table_addr = base as u32 + 16;
@@ -107,8 +108,10 @@ mod tests {
         assert_eq!(table.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
         let count = u16::from_le_bytes([table[34], table[35]]);
         assert_eq!(count, 3 + 2 + 24 + 2);
-        // The table must fit below the end of base memory.
-        assert!(EBDA_START + t.len() as u64 <= 0xa0000);
         assert!(build(0, EBDA_START).is_err());
+        assert!(build(crate::config::MAX_VCPUS + 1, EBDA_START).is_err());
+        // The largest table must fit below the end of base memory.
+        let big = build(crate::config::MAX_VCPUS, EBDA_START).unwrap();
+        assert!(EBDA_START + big.len() as u64 <= 0xa0000);
     }
 }

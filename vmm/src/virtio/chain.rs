@@ -35,7 +35,6 @@ pub enum ChainError {
 /// A validated chain: the device-readable segments, then the device-writable ones.
 #[derive(Debug, Default)]
 pub struct Chain {
-    pub head: u16,
     pub readable: Vec<Segment>,
     pub writable: Vec<Segment>,
     pub readable_len: u64,
@@ -49,7 +48,7 @@ impl Chain {
         M: Deref,
         M::Target: GuestMemory,
     {
-        let mut out = Chain { head: chain.head_index(), ..Default::default() };
+        let mut out = Chain::default();
         let mut checked = Vec::new();
         // The iterator stops quietly on a bad next index, a loop longer than the queue or a
         // malformed indirect table; a chain whose last descriptor still claims a successor is

@@ -23,6 +23,11 @@ use super::{ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_FS};
 const NUM_QUEUES: usize = 2;
 const TAG_LEN: usize = 36;
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+/// Feature bits the guest may see: the device-specific range, indirect descriptors, event
+/// index, VERSION_1 and in-order use. Transport features this frontend does not implement
+/// (packed rings, platform IOMMU, notification data, queue reset, ...) are hidden even if the
+/// backend offers them.
+const OFFERABLE: u64 = 0x00ff_ffff | (1 << 28) | (1 << 29) | (1 << 32) | (1 << 35);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -46,7 +51,6 @@ pub struct FsDevice {
     /// Call eventfds: virtiofsd writes them; the event loop turns them into interrupts.
     calls: Vec<EventFd>,
     interrupt: Arc<Interrupt>,
-    active: bool,
 }
 
 impl FsDevice {
@@ -76,16 +80,16 @@ impl FsDevice {
             kicks: eventfds().map_err(FsError::EventFd)?,
             calls: eventfds().map_err(FsError::EventFd)?,
             interrupt,
-            active: false,
         })
     }
 
-    fn start_backend(&mut self, mem: &GuestMemoryMmap, queues: &[Queue]) -> Result<(), vhost::Error> {
+    fn start_backend(&mut self, mem: &GuestMemoryMmap, queues: &[Queue]) -> Result<(), String> {
+        let step = |name: &'static str| move |e: vhost::Error| format!("{name}: {e}");
         let features = self.acked_features | (self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES);
-        self.frontend.set_features(features)?;
+        self.frontend.set_features(features).map_err(step("SET_FEATURES"))?;
         let mut regions = Vec::new();
         for region in mem.iter() {
-            let file_offset = region.file_offset().expect("guest memory is memfd-backed");
+            let file_offset = region.file_offset().ok_or("guest memory is not file-backed")?;
             regions.push(VhostUserMemoryRegionInfo {
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
@@ -94,10 +98,16 @@ impl FsDevice {
                 mmap_handle: file_offset.file().as_raw_fd(),
             });
         }
-        self.frontend.set_mem_table(&regions)?;
-        let host = |addr: u64| mem.get_host_address(GuestAddress(addr)).map(|p| p as u64).map_err(|_| vhost::Error::InvalidGuestMemory);
+        self.frontend.set_mem_table(&regions).map_err(step("SET_MEM_TABLE"))?;
+        // The driver's ring addresses were checked against guest memory (Queue::is_valid)
+        // before activation; the backend gets them as our own virtual addresses.
+        let host = |addr: u64| {
+            mem.get_host_address(GuestAddress(addr))
+                .map(|p| p as u64)
+                .map_err(|e| format!("ring address {addr:#x}: {e}"))
+        };
         for (i, q) in queues.iter().enumerate() {
-            self.frontend.set_vring_num(i, q.size())?;
+            self.frontend.set_vring_num(i, q.size()).map_err(step("SET_VRING_NUM"))?;
             let cfg = VringConfigData {
                 queue_max_size: q.max_size(),
                 queue_size: q.size(),
@@ -107,12 +117,12 @@ impl FsDevice {
                 avail_ring_addr: host(q.avail_ring())?,
                 log_addr: None,
             };
-            self.frontend.set_vring_addr(i, &cfg)?;
-            self.frontend.set_vring_base(i, 0)?;
-            self.frontend.set_vring_call(i, &self.calls[i])?;
-            self.frontend.set_vring_kick(i, &self.kicks[i])?;
+            self.frontend.set_vring_addr(i, &cfg).map_err(step("SET_VRING_ADDR"))?;
+            self.frontend.set_vring_base(i, 0).map_err(step("SET_VRING_BASE"))?;
+            self.frontend.set_vring_call(i, &self.calls[i]).map_err(step("SET_VRING_CALL"))?;
+            self.frontend.set_vring_kick(i, &self.kicks[i]).map_err(step("SET_VRING_KICK"))?;
             if self.protocol {
-                self.frontend.set_vring_enable(i, true)?;
+                self.frontend.set_vring_enable(i, true).map_err(step("SET_VRING_ENABLE"))?;
             }
         }
         Ok(())
@@ -127,7 +137,7 @@ impl VirtioDevice for FsDevice {
         &self.queue_sizes
     }
     fn avail_features(&self) -> u64 {
-        self.backend_features & !VHOST_USER_F_PROTOCOL_FEATURES
+        self.backend_features & OFFERABLE
     }
     fn set_acked_features(&mut self, features: u64) {
         self.acked_features = features;
@@ -145,9 +155,7 @@ impl VirtioDevice for FsDevice {
         if queues.len() != NUM_QUEUES {
             return Err(ActivateError::QueueCount { got: queues.len(), want: NUM_QUEUES });
         }
-        self.start_backend(&mem, &queues).map_err(|e| ActivateError::Backend(format!("vhost-user: {e}")))?;
-        self.active = true;
-        Ok(())
+        self.start_backend(&mem, &queues).map_err(|e| ActivateError::Backend(format!("vhost-user {e}")))
     }
     fn reset(&mut self) -> bool {
         // The backend's rings cannot be rewound from here; the driver only resets on shutdown.

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::log_budget::LogBudget;
 use crate::bus::BusDevice;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
@@ -21,6 +22,9 @@ pub const CONFIG_SPACE_OFFSET: u64 = 0x100;
 
 pub struct MmioTransport<D: VirtioDevice> {
     device: Arc<Mutex<D>>,
+    interrupt: Arc<Interrupt>,
+    /// Driver mistakes are the guest's to repeat at will: log a few, count the rest.
+    complaints: LogBudget,
     mem: GuestMemoryMmap,
     queues: Vec<Queue>,
     queue_select: u32,
@@ -35,8 +39,11 @@ pub struct MmioTransport<D: VirtioDevice> {
 impl<D: VirtioDevice> MmioTransport<D> {
     pub fn new(mem: GuestMemoryMmap, device: Arc<Mutex<D>>) -> Self {
         let queues = Self::fresh_queues(&device);
+        let interrupt = device.lock().unwrap_or_else(|p| p.into_inner()).interrupt().clone();
         MmioTransport {
             device,
+            interrupt,
+            complaints: LogBudget::new(8),
             mem,
             queues,
             queue_select: 0,
@@ -79,8 +86,13 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.queue_select = 0;
         self.driver_features = 0;
         self.status = 0;
-        let irq = self.dev().interrupt().clone();
-        irq.ack(u32::MAX);
+        self.interrupt.ack(u32::MAX);
+    }
+
+    fn complain(&mut self, what: std::fmt::Arguments) {
+        if self.complaints.allow() {
+            tracing::warn!("virtio-mmio: {what} ({} driver errors so far)", self.complaints.seen());
+        }
     }
 
     fn set_status(&mut self, value: u32) {
@@ -96,11 +108,16 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
         if added & STATUS_FEATURES_OK != 0 {
             if self.driver_features & VIRTIO_F_VERSION_1 == 0 {
-                tracing::warn!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1; refusing FEATURES_OK");
+                self.complain(format_args!("driver did not accept VIRTIO_F_VERSION_1; refusing FEATURES_OK"));
                 return;
             }
             let features = self.driver_features;
             self.dev().set_acked_features(features);
+        }
+        if added & STATUS_DRIVER_OK != 0 && value & STATUS_FEATURES_OK == 0 {
+            self.complain(format_args!("DRIVER_OK without FEATURES_OK"));
+            self.status |= STATUS_FAILED;
+            return;
         }
         self.status = value;
         if added & STATUS_DRIVER_OK != 0 && !self.activated {
@@ -111,7 +128,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
     fn activate(&mut self) {
         let ready: Vec<bool> = self.queues.iter().map(|q| q.ready() && q.is_valid(&self.mem)).collect();
         if ready.iter().any(|r| !r) {
-            tracing::warn!("virtio-mmio: DRIVER_OK with queues not ready or invalid: {ready:?}");
+            self.complain(format_args!("DRIVER_OK with queues not ready or invalid: {ready:?}"));
             self.status |= STATUS_NEEDS_RESET;
             return;
         }
@@ -121,7 +138,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         match result {
             Ok(()) => self.activated = true,
             Err(e) => {
-                tracing::error!("virtio-mmio: activating the device failed: {e}");
+                self.complain(format_args!("activating the device failed: {e}"));
                 self.status |= STATUS_NEEDS_RESET;
             }
         }
@@ -144,7 +161,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
             }
             0x34 => q.map_or(0, |q| u32::from(q.max_size())),
             0x44 => q.map_or(0, |q| u32::from(q.ready())),
-            0x60 => self.dev().interrupt().status(),
+            0x60 => self.interrupt.status(),
+            // No shared memory regions: a missing region reads as all ones (virtio 1.2 4.2.2).
+            0xb0..=0xbc => u32::MAX,
             0x70 => self.status,
             0xfc => self.config_generation,
             _ => 0,
@@ -185,10 +204,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                     let _ = evt.write(1);
                 }
             }
-            0x64 => {
-                let irq = self.dev().interrupt().clone();
-                irq.ack(v);
-            }
+            0x64 => self.interrupt.ack(v),
             0x70 => self.set_status(v),
             0x80 => self.queue().map_or((), |q| q.set_desc_table_address(Some(v), None)),
             0x84 => self.queue().map_or((), |q| q.set_desc_table_address(None, Some(v))),

@@ -26,8 +26,6 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Interrupt status bit: a queue has new used buffers.
 pub const INT_VRING: u32 = 0x1;
-/// Interrupt status bit: the configuration space changed.
-pub const INT_CONFIG: u32 = 0x2;
 
 /// A device's interrupt line: the status register the driver reads and acknowledges, and the
 /// irqfd that raises the GSI.

@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::Chain;
 use super::{ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_NET};
+use crate::log_budget::LogBudget;
 
 const QUEUE_SIZES: [u16; 2] = [256, 256];
 const RX: usize = 0;
@@ -23,7 +24,8 @@ const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 const NET_HDR_SIZE: usize = 12;
 /// Largest frame without offloads: 64 KiB covers any MTU a tap may be given.
 const MAX_FRAME: usize = 65535 + 14;
-const WARN_LIMIT: u64 = 16;
+/// Chains handled per wakeup and queue, so one busy guest queue cannot hold the event loop.
+const BUDGET: usize = 512;
 
 /// An open tap device.
 pub struct Tap(File);
@@ -42,21 +44,28 @@ impl Tap {
             *dst = src as libc::c_char;
         }
         ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-        // SAFETY: TUNSETIFF reads the ifreq we own, which outlives the call.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &ifr) } != 0 {
+        // SAFETY: TUNSETIFF reads the ifreq and writes the final name back into it; it is ours
+        // and outlives the call.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut ifr) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         Tap::nonblocking(file)
     }
 
-    /// Adopt a tap file descriptor the caller opened and passed down.
+    /// Adopt a tap file descriptor the caller opened and passed down. Call before this
+    /// process opens anything else, so the number cannot belong to one of our own files.
     pub fn from_fd(fd: RawFd) -> std::io::Result<Tap> {
-        // SAFETY: F_GETFD only inspects the descriptor table.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            return Err(std::io::Error::last_os_error());
+        const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+        // SAFETY: ifreq is plain old data; zeroed is a valid value.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        // SAFETY: TUNGETIFF writes into the ifreq we own; on a descriptor that is not a tap it
+        // fails without side effects.
+        if unsafe { libc::ioctl(fd, TUNGETIFF, &mut ifr) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(std::io::Error::new(e.kind(), format!("not an open tap device: {e}")));
         }
-        // SAFETY: the caller handed us this open descriptor to own; nothing else in this
-        // process uses it.
+        // SAFETY: the descriptor is open and a tap (checked above), and the caller handed it to
+        // us to own; nothing else in this process uses it.
         Tap::nonblocking(unsafe { File::from_raw_fd(fd) })
     }
 
@@ -87,8 +96,8 @@ pub struct NetDevice {
     tap_watched: bool,
     /// A frame read from the tap that found no rx buffer yet.
     pending: Option<Vec<u8>>,
-    malformed: u64,
-    pub dropped_frames: u64,
+    malformed: LogBudget,
+    dropped: LogBudget,
 }
 
 impl NetDevice {
@@ -104,58 +113,62 @@ impl NetDevice {
             active: None,
             tap_watched: true,
             pending: None,
-            malformed: 0,
-            dropped_frames: 0,
+            malformed: LogBudget::new(16),
+            dropped: LogBudget::new(4),
         })
-    }
-
-    fn malformed(&mut self, what: String) {
-        self.malformed += 1;
-        if self.malformed <= WARN_LIMIT {
-            tracing::warn!("net: dropped a malformed request: {what}");
-        }
     }
 
     fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else { return };
         let mut used = false;
-        let mut problems = Vec::new();
+        let mut handled = 0;
         let mut frame = Vec::new();
         while let Some(chain) = active.queues[TX].pop_descriptor_chain(&active.mem) {
+            handled += 1;
             let head = chain.head_index();
-            match Chain::parse(&active.mem, chain, (NET_HDR_SIZE + MAX_FRAME) as u64) {
+            let problem = match Chain::parse(&active.mem, chain, (NET_HDR_SIZE + MAX_FRAME) as u64) {
                 Ok(c) if c.readable_len >= NET_HDR_SIZE as u64 => {
                     frame.resize(c.readable_len as usize - NET_HDR_SIZE, 0);
                     let n = c.read_at(&active.mem, NET_HDR_SIZE as u64, &mut frame);
                     match self.tap.0.write(&frame[..n]) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => self.dropped_frames += 1,
-                        Err(e) => problems.push(format!("tap write: {e}")),
+                        Ok(_) => None,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            if self.dropped.allow() {
+                                tracing::warn!("net: the tap is full; dropped a frame ({} so far)", self.dropped.seen());
+                            }
+                            None
+                        }
+                        Err(e) => Some(format!("tap write: {e}")),
                     }
                 }
-                Ok(_) => problems.push("tx chain shorter than the virtio-net header".into()),
-                Err(e) => problems.push(e.to_string()),
+                Ok(_) => Some("tx chain shorter than the virtio-net header".to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(p) = problem {
+                if self.malformed.allow() {
+                    tracing::warn!("net: dropped a request: {p} ({} so far)", self.malformed.seen());
+                }
             }
             if active.queues[TX].add_used(&active.mem, head, 0).is_err() {
-                problems.push("the used ring is not writable".into());
                 break;
             }
             used = true;
+            if handled == BUDGET {
+                let _ = self.queue_events[TX].write(1);
+                break;
+            }
         }
         if used && active.queues[TX].needs_notification(&active.mem).unwrap_or(true) {
             self.interrupt.signal(INT_VRING);
         }
-        for p in problems {
-            self.malformed(p);
-        }
     }
 
-    /// Move frames from the tap into guest rx buffers until one side runs dry.
+    /// Move frames from the tap into guest rx buffers until one side runs dry (or the budget
+    /// does: the tap stays readable, so the loop comes back).
     fn process_rx(&mut self) {
         let Some(active) = self.active.as_mut() else { return };
         let mut used = false;
-        let mut problems = Vec::new();
-        loop {
+        for _ in 0..BUDGET {
             let frame = match self.pending.take() {
                 Some(f) => f,
                 None => {
@@ -168,7 +181,7 @@ impl NetDevice {
                         Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                         Err(e) => {
-                            problems.push(format!("tap read: {e}"));
+                            tracing::error!("net: reading the tap: {e}");
                             break;
                         }
                     }
@@ -187,20 +200,24 @@ impl NetDevice {
                     written = c.write_at(&active.mem, 0, &hdr);
                     written += c.write_at(&active.mem, NET_HDR_SIZE as u64, &frame);
                 }
-                Ok(_) => self.dropped_frames += 1,
-                Err(e) => problems.push(e.to_string()),
+                Ok(_) => {
+                    if self.dropped.allow() {
+                        tracing::warn!("net: a frame did not fit the guest's buffer; dropped ({} so far)", self.dropped.seen());
+                    }
+                }
+                Err(e) => {
+                    if self.malformed.allow() {
+                        tracing::warn!("net: dropped a request: {e} ({} so far)", self.malformed.seen());
+                    }
+                }
             }
             if active.queues[RX].add_used(&active.mem, head, written as u32).is_err() {
-                problems.push("the used ring is not writable".into());
                 break;
             }
             used = true;
         }
         if used && active.queues[RX].needs_notification(&active.mem).unwrap_or(true) {
             self.interrupt.signal(INT_VRING);
-        }
-        for p in problems {
-            self.malformed(p);
         }
     }
 
@@ -267,8 +284,10 @@ impl MutEventSubscriber for NetDevice {
             } else {
                 // No driver yet: frames have nowhere to go.
                 let mut buf = vec![0u8; MAX_FRAME];
-                while self.tap.0.read(&mut buf).is_ok() {
-                    self.dropped_frames += 1;
+                for _ in 0..BUDGET {
+                    if self.tap.0.read(&mut buf).is_err() {
+                        break;
+                    }
                 }
             }
         }

@@ -19,15 +19,17 @@ use self::muxer::{FdOp, Muxer};
 use self::packet::{Header, HEADER_SIZE, MAX_PAYLOAD};
 use super::chain::Chain;
 use super::{ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_VSOCK};
+use crate::log_budget::LogBudget;
 
 const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
 const RX: usize = 0;
 const TX: usize = 1;
 const EVT: usize = 2;
-/// Malformed requests are logged this many times, then counted silently: a hostile guest must
-/// not be able to flood the host's logs.
-const WARN_LIMIT: u64 = 16;
+/// Chains handled per wakeup and queue: a guest that keeps refilling a queue must not keep the
+/// shared event loop to itself. When the budget runs out the queue's eventfd is re-armed, so
+/// the rest is served after other devices had their turn.
+const BUDGET: usize = 2 * QUEUE_SIZE as usize;
 
 struct Active {
     mem: GuestMemoryMmap,
@@ -38,10 +40,9 @@ pub struct VsockDevice {
     guest_cid: u64,
     queue_events: Vec<EventFd>,
     interrupt: Arc<Interrupt>,
-    acked_features: u64,
     active: Option<Active>,
     muxer: Muxer,
-    malformed: u64,
+    malformed: LogBudget,
 }
 
 impl VsockDevice {
@@ -54,10 +55,9 @@ impl VsockDevice {
             guest_cid,
             queue_events,
             interrupt,
-            acked_features: 0,
             active: None,
             muxer: Muxer::new(guest_cid, uds, listener)?,
-            malformed: 0,
+            malformed: LogBudget::new(16),
         })
     }
 
@@ -66,35 +66,33 @@ impl VsockDevice {
         self.muxer.connection_count()
     }
 
-    fn malformed(&mut self, what: std::fmt::Arguments) {
-        self.malformed += 1;
-        if self.malformed <= WARN_LIMIT {
-            tracing::warn!("vsock: dropped a malformed request: {what}");
-        }
-    }
-
-    /// Take every packet the guest queued for the host.
+    /// Take the packets the guest queued for the host.
     fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else { return };
         let mut used = false;
-        let mut problems = Vec::new();
+        let mut handled = 0;
         while let Some(chain) = active.queues[TX].pop_descriptor_chain(&active.mem) {
+            handled += 1;
             let head = chain.head_index();
             match read_tx_packet(&active.mem, chain) {
                 Ok((hdr, payload)) => self.muxer.on_guest_packet(&hdr, &payload),
-                Err(e) => problems.push(e),
+                Err(e) => {
+                    if self.malformed.allow() {
+                        tracing::warn!("vsock: dropped a malformed request: tx: {e} ({} so far)", self.malformed.seen());
+                    }
+                }
             }
             if active.queues[TX].add_used(&active.mem, head, 0).is_err() {
-                problems.push("the used ring is not writable".into());
                 break;
             }
             used = true;
+            if handled == BUDGET {
+                let _ = self.queue_events[TX].write(1);
+                break;
+            }
         }
         if used && active.queues[TX].needs_notification(&active.mem).unwrap_or(true) {
             self.interrupt.signal(INT_VRING);
-        }
-        for p in problems {
-            self.malformed(format_args!("tx: {p}"));
         }
     }
 
@@ -102,21 +100,29 @@ impl VsockDevice {
     fn process_rx(&mut self) {
         let Some(active) = self.active.as_mut() else { return };
         let mut used = false;
-        let mut problems = Vec::new();
+        let mut budget = BUDGET;
         while self.muxer.has_rx() {
+            if budget == 0 {
+                let _ = self.queue_events[RX].write(1);
+                break;
+            }
+            budget -= 1;
             let Some(chain) = active.queues[RX].pop_descriptor_chain(&active.mem) else { break };
             let head = chain.head_index();
             let chain = match Chain::parse(&active.mem, chain, (HEADER_SIZE + MAX_PAYLOAD) as u64 * 4) {
-                Ok(c) if c.writable_len >= HEADER_SIZE as u64 => c,
-                Ok(_) => {
-                    problems.push("rx buffer smaller than a packet header".to_string());
-                    let _ = active.queues[RX].add_used(&active.mem, head, 0);
-                    used = true;
-                    continue;
-                }
+                Ok(c) if c.writable_len >= HEADER_SIZE as u64 => Ok(c),
+                Ok(_) => Err("rx buffer smaller than a packet header".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let chain = match chain {
+                Ok(c) => c,
                 Err(e) => {
-                    problems.push(e.to_string());
-                    let _ = active.queues[RX].add_used(&active.mem, head, 0);
+                    if self.malformed.allow() {
+                        tracing::warn!("vsock: dropped a malformed request: rx: {e} ({} so far)", self.malformed.seen());
+                    }
+                    if active.queues[RX].add_used(&active.mem, head, 0).is_err() {
+                        break;
+                    }
                     used = true;
                     continue;
                 }
@@ -129,16 +135,12 @@ impl VsockDevice {
             let mut written = chain.write_at(&active.mem, 0, &hdr.encode());
             written += chain.write_at(&active.mem, HEADER_SIZE as u64, &payload);
             if active.queues[RX].add_used(&active.mem, head, written as u32).is_err() {
-                problems.push("the used ring is not writable".into());
                 break;
             }
             used = true;
         }
         if used && active.queues[RX].needs_notification(&active.mem).unwrap_or(true) {
             self.interrupt.signal(INT_VRING);
-        }
-        for p in problems {
-            self.malformed(format_args!("rx: {p}"));
         }
     }
 
@@ -190,9 +192,7 @@ impl VirtioDevice for VsockDevice {
     fn avail_features(&self) -> u64 {
         0
     }
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features;
-    }
+    fn set_acked_features(&mut self, _features: u64) {}
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         super::read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
@@ -207,12 +207,16 @@ impl VirtioDevice for VsockDevice {
             return Err(ActivateError::QueueCount { got: queues.len(), want: QUEUE_SIZES.len() });
         }
         self.active = Some(Active { mem, queues });
-        // Anything the host queued before the driver was ready goes out now.
-        self.process_rx();
+        // Anything the host queued before the driver was ready goes out now, from the event
+        // loop (which can apply the interest changes that sending causes).
+        let _ = self.queue_events[RX].write(1);
         Ok(())
     }
     fn reset(&mut self) -> bool {
         self.active = None;
+        self.muxer.reset_all();
+        // The hosts' sockets close on the next loop turn, when the loop has let go of them.
+        let _ = self.queue_events[EVT].write(1);
         true
     }
 }

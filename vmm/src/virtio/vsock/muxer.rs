@@ -7,18 +7,20 @@
 //! Everything is bounded, because the guest is not trusted: connections, half-open host
 //! connections, the queue of packets waiting for guest rx buffers, and each connection's buffer
 //! of guest bytes the host has not taken yet (which is exactly the credit we advertise: a guest
-//! sending beyond it breaks the protocol and gets its connection reset).
+//! sending beyond it breaks the protocol and gets its connection reset). Nothing here blocks:
+//! the event loop is shared by every device.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::num::Wrapping;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
 pub use vmm_sys_util::epoll::EventSet;
 
 use super::packet::*;
+use crate::log_budget::LogBudget;
 
 /// Credit we grant per connection: guest bytes we will buffer for a slow host reader.
 pub const BUF_ALLOC: u32 = 128 * 1024;
@@ -67,6 +69,13 @@ struct Connection {
     read_queued: bool,
     /// Reading paused until the guest grants credit.
     waiting_credit: bool,
+    /// The host hung up (or errored): the fd is out of the event loop, which would otherwise
+    /// report the hang-up forever; what is still buffered is drained without waiting for events.
+    hung_up: bool,
+    /// The host will send no more (read returned end of file).
+    host_eof: bool,
+    /// The guest will send no more; the host sees end of file once tx_buf is flushed.
+    guest_eof: bool,
 }
 
 impl Connection {
@@ -83,6 +92,9 @@ impl Connection {
             interest: EventSet::empty(),
             read_queued: false,
             waiting_credit: false,
+            hung_up: false,
+            host_eof: false,
+            guest_eof: false,
         }
     }
 
@@ -92,7 +104,8 @@ impl Connection {
         self.peer_buf_alloc.saturating_sub(in_flight)
     }
 
-    /// Write as much of tx_buf as the socket takes.
+    /// Write as much of tx_buf as the socket takes; pass the guest's end of file on once all is
+    /// written.
     fn flush(&mut self) -> std::io::Result<()> {
         while !self.tx_buf.is_empty() {
             let (a, _) = self.tx_buf.as_slices();
@@ -106,6 +119,9 @@ impl Connection {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+        }
+        if self.guest_eof {
+            let _ = self.stream.shutdown(std::net::Shutdown::Write);
         }
         Ok(())
     }
@@ -129,7 +145,8 @@ pub struct Muxer {
     next_local_port: u32,
     fd_ops: Vec<FdOp>,
     closed: Vec<UnixStream>,
-    dropped: u64,
+    dropped: LogBudget,
+    violations: LogBudget,
 }
 
 impl Muxer {
@@ -146,7 +163,8 @@ impl Muxer {
             next_local_port: FIRST_LOCAL_PORT,
             fd_ops: Vec::new(),
             closed: Vec::new(),
-            dropped: 0,
+            dropped: LogBudget::new(1),
+            violations: LogBudget::new(4),
         })
     }
 
@@ -170,13 +188,27 @@ impl Muxer {
         self.conns.len()
     }
 
+    /// Packets dropped because the guest let the backlog fill.
+    pub fn dropped_packets(&self) -> u64 {
+        self.dropped.seen()
+    }
+
+    /// The driver reset the device: every connection ends (hosts see their sockets close) and
+    /// nothing queued for the old driver survives.
+    pub fn reset_all(&mut self) {
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.remove(key);
+        }
+        self.rx.clear();
+    }
+
     /// Queue a packet for the guest. When the guest has let the backlog fill (it is not
     /// taking packets), the packet is dropped: that only hurts the guest's own connections.
     fn push_rx(&mut self, item: RxItem) -> bool {
         if self.rx.len() >= MAX_RX_BACKLOG {
-            self.dropped += 1;
-            if self.dropped == 1 || self.dropped % 10_000 == 0 {
-                tracing::warn!("vsock: the guest is not taking packets; {} dropped so far", self.dropped);
+            if self.dropped.allow() {
+                tracing::warn!("vsock: the guest is not taking packets; {} dropped so far", self.dropped.seen());
             }
             return false;
         }
@@ -184,34 +216,65 @@ impl Muxer {
         true
     }
 
-    /// Packets dropped because the guest let the backlog fill.
-    pub fn dropped_packets(&self) -> u64 {
-        self.dropped
-    }
-
     fn control(&mut self, key: Key, op: u16, flags: u32) -> bool {
         self.push_rx(RxItem::Control { key, op, flags })
     }
 
+    fn queue_read(&mut self, key: Key) {
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        if c.read_queued || c.host_eof {
+            return;
+        }
+        c.read_queued = true;
+        if !self.push_rx(RxItem::Data(key)) {
+            if let Some(c) = self.conns.get_mut(&key) {
+                c.read_queued = false;
+            }
+        }
+    }
+
     fn set_interest(&mut self, key: Key, want: EventSet) {
         if let Some(c) = self.conns.get_mut(&key) {
-            if c.interest != want {
+            if c.interest != want && !c.hung_up {
                 c.interest = want;
                 self.fd_ops.push(FdOp::Modify(c.stream.as_raw_fd(), want));
             }
         }
     }
 
+    /// Watch for host data again, or, once the host hung up, keep draining without events.
+    fn want_more_host_data(&mut self, key: Key) {
+        let Some(c) = self.conns.get(&key) else { return };
+        if c.hung_up {
+            self.queue_read(key);
+        } else {
+            let want = c.interest | EventSet::IN;
+            self.set_interest(key, want);
+        }
+    }
+
     fn remove(&mut self, key: Key) {
         if let Some(c) = self.conns.remove(&key) {
             self.by_fd.remove(&c.stream.as_raw_fd());
-            self.close(c.stream);
+            if c.hung_up {
+                // Already out of the event loop.
+                self.closed.push(c.stream);
+            } else {
+                self.close(c.stream);
+            }
         }
     }
 
     fn reset(&mut self, key: Key) {
         self.remove(key);
         let _ = self.control(key, OP_RST, 0);
+    }
+
+    fn violation(&mut self, key: Key, what: &str) {
+        if self.violations.allow() {
+            tracing::warn!("vsock: guest port {} {what}; resetting ({} such so far)", key.1, self.violations.seen());
+        }
+        self.reset(key);
     }
 
     fn header(&self, key: Key, op: u16, flags: u32, len: u32) -> Header {
@@ -236,7 +299,7 @@ impl Muxer {
     /// A packet the guest sent (tx queue). `payload` is exactly `hdr.len` bytes.
     pub fn on_guest_packet(&mut self, hdr: &Header, payload: &[u8]) {
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
-            tracing::debug!("vsock: dropping packet with cids {} -> {}", hdr.src_cid, hdr.dst_cid);
+            tracing::trace!("vsock: dropping packet with cids {} -> {}", hdr.src_cid, hdr.dst_cid);
             return;
         }
         let key = (hdr.dst_port, hdr.src_port);
@@ -261,25 +324,25 @@ impl Muxer {
         match hdr.op {
             OP_RESPONSE => {
                 if conn.state != State::Connecting {
-                    self.reset(key);
+                    self.violation(key, "answered a request nobody made");
                     return;
                 }
                 conn.state = State::Established;
+                // A fresh socket's buffer always takes this short line.
                 let line = format!("OK {}\n", key.0);
                 if conn.stream.write_all(line.as_bytes()).is_err() {
                     self.reset(key);
                     return;
                 }
-                self.set_interest(key, EventSet::IN);
+                self.want_more_host_data(key);
             }
             OP_RW => {
-                if conn.state != State::Established {
-                    self.reset(key);
+                if conn.state != State::Established || conn.guest_eof {
+                    self.violation(key, "sent data outside an open connection");
                     return;
                 }
                 if conn.tx_buf.len() + payload.len() > BUF_ALLOC as usize {
-                    tracing::warn!("vsock: guest port {} sent beyond its credit; resetting", key.1);
-                    self.reset(key);
+                    self.violation(key, "sent beyond its credit");
                     return;
                 }
                 conn.tx_buf.extend(payload);
@@ -289,8 +352,7 @@ impl Muxer {
                 }
                 let backlog = !conn.tx_buf.is_empty();
                 let credit_due = (conn.fwd_cnt - conn.last_fwd_cnt_sent).0 >= BUF_ALLOC / 2;
-                let want = if backlog { EventSet::IN | EventSet::OUT } else { EventSet::IN };
-                let want = if conn.read_queued || conn.waiting_credit { want - EventSet::IN } else { want };
+                let want = if backlog { conn.interest | EventSet::OUT } else { conn.interest };
                 self.set_interest(key, want);
                 if credit_due {
                     self.send_credit_update(key);
@@ -307,12 +369,15 @@ impl Muxer {
                         conn.state = State::Draining;
                         self.set_interest(key, EventSet::OUT);
                     }
-                } else if hdr.flags & SHUTDOWN_SEND != 0 && conn.tx_buf.is_empty() {
-                    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                } else if hdr.flags & SHUTDOWN_SEND != 0 {
+                    conn.guest_eof = true;
+                    if conn.tx_buf.is_empty() {
+                        let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                    }
                 }
             }
             OP_RST => self.remove(key),
-            _ => self.reset(key),
+            _ => self.violation(key, "sent an unknown operation"),
         }
     }
 
@@ -327,8 +392,7 @@ impl Muxer {
         let Some(c) = self.conns.get_mut(&key) else { return };
         if c.waiting_credit && c.peer_free() > 0 {
             c.waiting_credit = false;
-            let want = c.interest | EventSet::IN;
-            self.set_interest(key, want);
+            self.want_more_host_data(key);
         }
     }
 
@@ -337,11 +401,11 @@ impl Muxer {
             self.control(key, OP_RST, 0);
             return;
         }
-        let path = format!("{}_{}", self.uds.display(), key.0);
-        let stream = match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
+        let path = PathBuf::from(format!("{}_{}", self.uds.display(), key.0));
+        let stream = match connect_nonblocking(&path) {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!("vsock: guest connect to host port {}: {path}: {e}", key.0);
+                tracing::debug!("vsock: guest connect to host port {}: {}: {e}", key.0, path.display());
                 self.control(key, OP_RST, 0);
                 return;
             }
@@ -370,6 +434,11 @@ impl Muxer {
                     }
                     return Some((self.header(key, op, flags, 0), Vec::new()));
                 }
+                RxItem::Data(key) if room == 0 => {
+                    // A buffer with no room past the header: data waits for a bigger one.
+                    self.rx.push_front(RxItem::Data(key));
+                    return None;
+                }
                 RxItem::Data(key) => {
                     if let Some(p) = self.read_host(key, room) {
                         return Some(p);
@@ -383,7 +452,7 @@ impl Muxer {
     fn read_host(&mut self, key: Key, room: usize) -> Option<(Header, Vec<u8>)> {
         let conn = self.conns.get_mut(&key)?;
         conn.read_queued = false;
-        if conn.state != State::Established {
+        if conn.state != State::Established || conn.host_eof {
             return None;
         }
         let credit = conn.peer_free() as usize;
@@ -394,21 +463,28 @@ impl Muxer {
             return Some((self.header(key, OP_CREDIT_REQUEST, 0, 0), Vec::new()));
         }
         let mut buf = vec![0u8; credit.min(room).min(MAX_PAYLOAD)];
-        let result = conn.stream.read(&mut buf);
-        let rearm = conn.interest | EventSet::IN;
-        match result {
+        match conn.stream.read(&mut buf) {
             Ok(0) => {
-                // The host closed its end: tell the guest no more is coming either way.
-                Some((self.header(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND, 0), Vec::new()))
+                // The host will send no more. If it is gone altogether, so is the connection:
+                // the guest's answering RST finds nothing, which is fine.
+                conn.host_eof = true;
+                if conn.hung_up {
+                    let packet = self.header(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND, 0);
+                    self.remove(key);
+                    return Some((packet, Vec::new()));
+                }
+                let want = conn.interest - EventSet::IN;
+                self.set_interest(key, want);
+                Some((self.header(key, OP_SHUTDOWN, SHUTDOWN_SEND, 0), Vec::new()))
             }
             Ok(n) => {
                 conn.rx_cnt += Wrapping(n as u32);
                 buf.truncate(n);
-                self.set_interest(key, rearm);
+                self.want_more_host_data(key);
                 Some((self.header(key, OP_RW, 0, n as u32), buf))
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-                self.set_interest(key, rearm);
+                self.want_more_host_data(key);
                 None
             }
             Err(_) => {
@@ -544,18 +620,37 @@ impl Muxer {
             }
         }
         let Some(conn) = self.conns.get_mut(&key) else { return };
-        let hangup = events.intersects(EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP);
-        if conn.state == State::Connecting && hangup {
-            self.reset(key);
+        if events.intersects(EventSet::HANG_UP | EventSet::ERROR) && !conn.hung_up {
+            if conn.state == State::Connecting {
+                self.reset(key);
+                return;
+            }
+            // Hang-ups cannot be masked in epoll: leave the loop and drain without it.
+            conn.hung_up = true;
+            self.fd_ops.push(FdOp::Remove(conn.stream.as_raw_fd()));
+            if conn.state == State::Draining {
+                self.reset(key);
+                return;
+            }
+            self.queue_read(key);
             return;
         }
-        if (events.contains(EventSet::IN) || hangup) && conn.state == State::Established && !conn.read_queued {
-            conn.read_queued = true;
+        if events.intersects(EventSet::IN | EventSet::READ_HANG_UP) && conn.state == State::Established {
             let want = conn.interest - EventSet::IN;
             self.set_interest(key, want);
-            self.push_rx(RxItem::Data(key));
+            self.queue_read(key);
         }
     }
+}
+
+/// Connect to a unix socket without blocking: a listener whose backlog is full refuses
+/// (EAGAIN) instead of stalling the event loop.
+fn connect_nonblocking(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd: OwnedFd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    let addr = UnixAddr::new(path)?;
+    connect(fd.as_raw_fd(), &addr)?;
+    Ok(UnixStream::from(fd))
 }
 
 #[cfg(test)]
