@@ -61,11 +61,6 @@ impl VsockDevice {
         })
     }
 
-    /// How many connections are open (for tests and diagnostics).
-    pub fn connection_count(&self) -> usize {
-        self.muxer.connection_count()
-    }
-
     /// Take the packets the guest queued for the host.
     fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else { return };
