@@ -28,18 +28,20 @@ pub fn synthetic_guest() -> &'static Path {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("guests/synthetic");
         let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/hull-synthetic");
         std::fs::create_dir_all(&out_dir).unwrap();
-        let out = out_dir.join(format!("guest-{}.elf", std::process::id()));
+        let out = out_dir.join("guest.elf");
+        let tmp = out_dir.join(format!("guest.elf.{}", std::process::id()));
         let status = Command::new("gcc")
             .args(["-O2", "-ffreestanding", "-fno-pic", "-fno-pie", "-no-pie", "-nostdlib", "-nostartfiles"])
             .args(["-fno-stack-protector", "-fno-builtin", "-mgeneral-regs-only", "-mno-red-zone", "-static", "-Wall", "-Werror"])
             .arg(format!("-Wl,-T,{}", src.join("link.ld").display()))
             .args(["-Wl,--build-id=none", "-Wl,-z,noexecstack", "-Wl,--no-warn-rwx-segments", "-o"])
-            .arg(&out)
+            .arg(&tmp)
             .arg(src.join("start.S"))
             .arg(src.join("guest.c"))
             .status()
             .expect("running gcc");
         assert!(status.success(), "building the synthetic guest failed");
+        std::fs::rename(&tmp, &out).unwrap();
         out
     })
 }

@@ -149,6 +149,16 @@ fn synthetic_guest_drives_every_device_then_resets() {
     ] {
         assert!(console.contains(line), "console lacks {line:?}:\n{console}");
     }
+    // Each device raised its line (irqfd -> IO-APIC -> local APIC) and the guest took it; for
+    // virtio-fs that is virtiofsd's call eventfd relayed by the VMM.
+    for (id, irq) in [(19, 5), (26, 6), (1, 7)] {
+        let count: u64 = console
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("hull-synthetic: interrupts: device id {id} irq {irq}: ")))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no interrupt count for device {id}:\n{console}"));
+        assert!(count > 0, "device {id} never interrupted the guest");
+    }
     assert_eq!(greeting.join().unwrap(), "hello host from the guest");
     let frame = tap.frame(Duration::from_secs(5)).expect("the guest's frame on the tap");
     assert_eq!(&frame[0..6], &[0xff; 6]);

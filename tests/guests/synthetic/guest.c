@@ -86,7 +86,7 @@ struct vq {
     volatile uint16_t *avail; /* flags, idx, ring[size] */
     volatile uint8_t *used;   /* flags, idx, ring[size] of {u32 id, u32 len} */
 };
-struct vdev { uint64_t base; uint32_t id; struct vq q[3]; int nq; };
+struct vdev { uint64_t base; uint32_t id; uint32_t irq; struct vq q[3]; int nq; };
 
 static struct vdev devs[8];
 static int ndevs;
@@ -96,9 +96,11 @@ static void find_devices(void) {
     size_t n = strlen(key);
     for (const char *p = cmdline; *p; p++) {
         if (!strncmp(p, key, n)) {
-            uint64_t base = parse_num(p + n, 0);
+            const char *end;
+            uint64_t base = parse_num(p + n, &end);
             if (rd32(base) != 0x74726976 || rd32(base + 4) != 2) fail("virtio-mmio magic/version");
             devs[ndevs].base = base;
+            devs[ndevs].irq = *end == ':' ? (uint32_t)parse_num(end + 1, 0) : 0;
             devs[ndevs].id = rd32(base + 8);
             say("virtio-mmio device id ", devs[ndevs].id, " found on the cmdline");
             ndevs++;
@@ -349,6 +351,54 @@ static void net_send(struct vdev *d) {
     puts_serial("\n");
 }
 
+/* ---- interrupts: IO-APIC pin -> vector 0x30 + device index, counted per device ----
+ * The devices are driven by polling, with interrupts enabled meanwhile: the counts prove that
+ * the VMM raised each device's line (irqfd -> in-kernel IO-APIC -> local APIC) and set its
+ * interrupt status, which Linux's interrupt-driven drivers depend on. */
+#define LAPIC 0xfee00000ull
+#define IOAPIC 0xfec00000ull
+#define VECTOR_BASE 0x30
+struct __attribute__((packed)) idt_entry { uint16_t off_lo, sel; uint8_t ist, type; uint16_t off_mid; uint32_t off_hi, zero; };
+static struct idt_entry idt[256] __attribute__((aligned(16)));
+static volatile uint32_t irq_count[8];
+struct iframe;
+static void on_irq(int i) {
+    irq_count[i]++;
+    wr32(devs[i].base + 0x64, rd32(devs[i].base + 0x60));
+    wr32(LAPIC + 0xb0, 0); /* EOI */
+}
+__attribute__((interrupt)) static void isr0(struct iframe *f) { (void)f; on_irq(0); }
+__attribute__((interrupt)) static void isr1(struct iframe *f) { (void)f; on_irq(1); }
+__attribute__((interrupt)) static void isr2(struct iframe *f) { (void)f; on_irq(2); }
+__attribute__((interrupt)) static void spurious(struct iframe *f) { (void)f; }
+static void set_gate(int v, void (*h)(struct iframe *)) {
+    uint64_t a = (uint64_t)h;
+    uint16_t cs; __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+    idt[v] = (struct idt_entry){ (uint16_t)a, cs, 0, 0x8e, (uint16_t)(a >> 16), (uint32_t)(a >> 32), 0 };
+}
+static void ioapic_write(uint32_t reg, uint32_t v) { wr32(IOAPIC, reg); wr32(IOAPIC + 0x10, v); }
+static void setup_interrupts(void) {
+    void (*isr[3])(struct iframe *) = { isr0, isr1, isr2 };
+    outb(0x21, 0xff); outb(0xa1, 0xff); /* the legacy PIC stays masked */
+    for (int i = 0; i < ndevs && i < 3; i++) {
+        set_gate(VECTOR_BASE + i, isr[i]);
+        ioapic_write(0x10 + 2 * devs[i].irq, VECTOR_BASE + i); /* fixed, edge, active high, unmasked */
+        ioapic_write(0x11 + 2 * devs[i].irq, 0);                /* to APIC id 0 */
+    }
+    set_gate(0xff, spurious);
+    struct __attribute__((packed)) { uint16_t limit; uint64_t base; } idtr = { sizeof idt - 1, (uint64_t)idt };
+    __asm__ volatile("lidt %0" : : "m"(idtr));
+    wr32(LAPIC + 0x80, 0);     /* accept every priority */
+    wr32(LAPIC + 0xf0, 0x1ff); /* enable, spurious vector 0xff */
+    __asm__ volatile("sti");
+}
+static void report_interrupts(void) {
+    for (int i = 0; i < ndevs; i++) {
+        puts_serial("hull-synthetic: interrupts: device id "); putn(devs[i].id, 10);
+        puts_serial(" irq "); putn(devs[i].irq, 10); puts_serial(": "); putn(irq_count[i], 10); puts_serial("\n");
+    }
+}
+
 /* The boot page tables map only the first GiB; map the fourth (the MMIO hole: virtio-mmio,
  * IO-APIC, local APIC) with uncached 2 MiB pages. */
 static uint64_t mmio_pd[512] __attribute__((aligned(4096)));
@@ -367,6 +417,7 @@ void guest_main(const uint8_t *zero_page) {
     cmdline = (const char *)(uintptr_t)*(const uint32_t *)(zero_page + 0x228);
     puts_serial("hull-synthetic: hello from the guest\n");
     find_devices();
+    setup_interrupts();
     uint64_t v;
     struct vdev *d;
     if ((d = device(26))) fs_init(d);
@@ -377,6 +428,7 @@ void guest_main(const uint8_t *zero_page) {
         if (opt("hull.host_port", &v)) vsock_connect(d, (uint32_t)v);
         if (opt("hull.vsock_port", &v)) vsock_echo(d, (uint32_t)v);
     }
+    report_interrupts();
     puts_serial("hull-synthetic: all steps done\n");
     if (opt("hull.idle", &v) && v) {
         puts_serial("hull-synthetic: idling\n");
