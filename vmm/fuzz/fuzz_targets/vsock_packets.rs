@@ -13,10 +13,12 @@ use libfuzzer_sys::fuzz_target;
 
 const GUEST_CID: u64 = 3;
 
+/// One socket directory inside the fuzz crate's own target dir, reused by every run (a run
+/// ends by exit, so nothing would remove a per-run one).
 fn socket_dir() -> &'static std::path::Path {
     static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("hull-vsock-fuzz-{}", std::process::id()));
+        let d = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/vsock-sockets");
         std::fs::create_dir_all(&d).unwrap();
         d
     })

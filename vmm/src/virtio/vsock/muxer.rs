@@ -660,13 +660,21 @@ mod tests {
 
     const CID: u64 = 3;
 
-    fn muxer(name: &str) -> (Muxer, PathBuf) {
+    /// A scratch directory for one test's sockets, removed when the test ends.
+    struct Scratch(PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn muxer(name: &str) -> (Muxer, PathBuf, Scratch) {
         let dir = std::env::temp_dir().join(format!("hull-muxer-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let uds = dir.join("v.sock");
         let listener = UnixListener::bind(&uds).unwrap();
-        (Muxer::new(CID, uds.clone(), listener).unwrap(), uds)
+        (Muxer::new(CID, uds.clone(), listener).unwrap(), uds, Scratch(dir))
     }
 
     fn guest(op: u16, src_port: u32, dst_port: u32, len: u32) -> Header {
@@ -685,7 +693,7 @@ mod tests {
 
     #[test]
     fn host_initiated_connection_carries_data_both_ways_and_closes() {
-        let (mut m, uds) = muxer("host");
+        let (mut m, uds, _scratch) = muxer("host");
         let mut host = UnixStream::connect(&uds).unwrap();
         host.write_all(b"CONNECT 5000\n").unwrap();
         m.on_host_event(m.listener_fd(), EventSet::IN);
@@ -725,7 +733,7 @@ mod tests {
 
     #[test]
     fn guest_connections_reach_uds_port_or_are_reset() {
-        let (mut m, uds) = muxer("guest");
+        let (mut m, uds, _scratch) = muxer("guest");
         m.on_guest_packet(&guest(OP_REQUEST, 40000, 7, 0), &[]);
         assert_eq!(m.next_rx(4096).unwrap().0.op, OP_RST);
         let service = UnixListener::bind(format!("{}_7", uds.display())).unwrap();
@@ -743,7 +751,7 @@ mod tests {
 
     #[test]
     fn packets_for_no_connection_are_reset_and_the_backlog_is_bounded() {
-        let (mut m, _) = muxer("flood");
+        let (mut m, _, _scratch) = muxer("flood");
         for i in 0..(MAX_RX_BACKLOG as u32 + 500) {
             m.on_guest_packet(&guest(OP_RW, 50000 + i, 9, 1), b"x");
         }
@@ -759,7 +767,7 @@ mod tests {
 
     #[test]
     fn a_bad_connect_line_is_dropped() {
-        let (mut m, uds) = muxer("line");
+        let (mut m, uds, _scratch) = muxer("line");
         let mut host = UnixStream::connect(&uds).unwrap();
         host.write_all(b"HELLO 5\n").unwrap();
         m.on_host_event(m.listener_fd(), EventSet::IN);
