@@ -15,6 +15,9 @@ pub struct BindMount {
     /// Canonical host path.
     pub source: PathBuf,
     pub is_dir: bool,
+    /// `ro` in its options (the last of `ro`/`rw` wins): read-only on the host side too, so a
+    /// guest kernel that ignores its own mount flags still cannot write through virtio-fs.
+    pub read_only: bool,
 }
 
 /// A bundle whose config.json parsed and whose rootfs exists.
@@ -88,7 +91,8 @@ impl Bundle {
             if kind.is_block_device() || kind.is_char_device() || kind.is_socket() || kind.is_fifo() {
                 bail!("{field}: {} is a device, socket or FIFO, which cannot be shared into a VM", source.display());
             }
-            binds.push(BindMount { index, source, is_dir: kind.is_dir() });
+            let read_only = options.iter().rev().find(|o| *o == "ro" || *o == "rw").is_some_and(|o| o == "ro");
+            binds.push(BindMount { index, source, is_dir: kind.is_dir(), read_only });
         }
         Ok(binds)
     }

@@ -56,6 +56,25 @@ fn ctr_run_prints_stdout_returns_the_exit_code_and_pipes_stdin() {
     c.assert_clean();
 }
 
+/// A read-only volume stays read-only on the host even when a privileged container lifts the
+/// flag in the guest: the shim binds it read-only into the share, for virtiofsd too.
+#[test]
+fn ctr_read_only_volume_is_read_only_on_the_host() {
+    let c = setup("ctr-ro");
+    let vol = std::env::temp_dir().join(format!("hull-ctr-ro-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&vol);
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("data"), "original").unwrap();
+    let mount = format!("type=bind,src={},dst=/vol,options=rbind:ro", vol.display());
+    let script = "mount -o remount,rw,bind /vol && echo REMOUNTED; echo changed > /vol/data 2>&1 || echo WRITE-REFUSED";
+    let out = c.ctr(&["run", "--rm", "--privileged", "--mount", &mount, "--runtime", RUNTIME, IMAGE, "ro1", "sh", "-c", script]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("REMOUNTED") && stdout.contains("WRITE-REFUSED"), "{stdout}\n{}\nshim log:\n{}", text(&out.stderr), c.shim_log());
+    assert_eq!(std::fs::read_to_string(vol.join("data")).unwrap(), "original");
+    let _ = std::fs::remove_dir_all(&vol);
+    c.assert_clean();
+}
+
 #[test]
 fn ctr_task_exec_ps_pause_resume_kill_delete_with_events() {
     let c = setup("ctr-task");

@@ -101,6 +101,34 @@ fn bind_mounts_reach_the_guest_rw_ro_and_files() {
     env.assert_clean();
 }
 
+/// The guest is not trusted to honour `ro`: a container allowed to remount (CAP_SYS_ADMIN)
+/// lifts the guest-side flag, and the host-side read-only bind still refuses the write.
+#[test]
+fn a_read_only_bind_stays_read_only_when_the_guest_remounts_it() {
+    let env = Env::new("ro-hostile");
+    let ro = env.dir.join("ro-dir");
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(ro.join("data"), "original").unwrap();
+    let b = env.bundle(
+        "b",
+        &["sh", "-c", "mount -o remount,rw,bind /mnt/ro && echo REMOUNTED; echo changed > /mnt/ro/data 2>&1 || echo WRITE-REFUSED; touch /mnt/ro/new 2>&1 || echo CREATE-REFUSED"],
+    );
+    std::fs::create_dir_all(b.rootfs().join("mnt")).unwrap();
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/mnt/ro", "type": "bind", "source": ro, "options": ["rbind", "ro"]}));
+        for set in ["bounding", "effective", "permitted"] {
+            c["process"]["capabilities"][set].as_array_mut().unwrap().push(json!("CAP_SYS_ADMIN"));
+        }
+    });
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("REMOUNTED"), "the guest-side remount did not happen: {stdout} {}", text(&out.stderr));
+    assert!(stdout.contains("WRITE-REFUSED") && stdout.contains("CREATE-REFUSED"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(ro.join("data")).unwrap(), "original");
+    assert!(!ro.join("new").exists());
+    env.assert_clean();
+}
+
 #[test]
 fn a_bind_mount_of_a_socket_is_refused_naming_the_mount() {
     let env = Env::new("bindsock");

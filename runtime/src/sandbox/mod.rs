@@ -52,14 +52,23 @@ pub struct SharedRootfs {
     pub binds: Vec<crate::bundle::BindMount>,
 }
 
+/// One bind into the share: host source, mountpoint in the share, and whether it is read-only
+/// on the host side.
+#[derive(Debug, Clone)]
+pub struct ShareMount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
 impl SharedRootfs {
-    /// `(host source, share path)` pairs, creating each mountpoint (a directory, or an empty
-    /// file for a file source).
-    pub fn mounts(&self, share: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
+    /// The binds this container needs in the share, creating each mountpoint (a directory, or
+    /// an empty file for a file source).
+    pub fn mounts(&self, share: &Path) -> Result<Vec<ShareMount>> {
         let base = share.join(&self.subdir);
         let rootfs = base.join("rootfs");
         fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
-        let mut pairs = vec![(self.host_path.clone(), rootfs)];
+        let mut pairs = vec![ShareMount { source: self.host_path.clone(), target: rootfs, read_only: false }];
         for bind in &self.binds {
             let target = base.join("mounts").join(bind.index.to_string());
             if bind.is_dir {
@@ -68,7 +77,7 @@ impl SharedRootfs {
                 fs::create_dir_all(base.join("mounts"))?;
                 fs::File::create(&target)?;
             }
-            pairs.push((bind.source.clone(), target));
+            pairs.push(ShareMount { source: bind.source.clone(), target, read_only: bind.read_only });
         }
         Ok(pairs)
     }

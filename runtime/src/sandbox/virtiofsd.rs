@@ -7,27 +7,29 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 
+use super::ShareMount;
 use crate::process::ChildProc;
 use crate::state::StateDir;
 
-/// Start virtiofsd with each `(host source, mountpoint in the share)` bind-mounted first in a
-/// namespace of its own; the mountpoints must exist. With `None`, virtiofsd stays in the
+/// Start virtiofsd with each bind mounted first in a namespace of its own (read-only ones
+/// remounted read-only); the mountpoints must exist. With `None`, virtiofsd stays in the
 /// caller's namespace and sees what the caller mounts into the share later.
-pub fn spawn(binary: &Path, dir: &StateDir, binds: Option<&[(PathBuf, PathBuf)]>) -> Result<ChildProc> {
+pub fn spawn(binary: &Path, dir: &StateDir, binds: Option<&[ShareMount]>) -> Result<ChildProc> {
     let log = std::fs::File::create(dir.dir.join("virtiofsd.log"))?;
     let private = binds.is_some();
-    let binds: Vec<(CString, CString)> = binds
+    let binds: Vec<(CString, CString, bool)> = binds
         .unwrap_or_default()
         .iter()
-        .map(|(src, dst)| {
+        .map(|m| {
             Ok((
-                CString::new(src.as_os_str().as_bytes()).context("bind source path")?,
-                CString::new(dst.as_os_str().as_bytes()).context("share path")?,
+                CString::new(m.source.as_os_str().as_bytes()).context("bind source path")?,
+                CString::new(m.target.as_os_str().as_bytes()).context("share path")?,
+                m.read_only,
             ))
         })
         .collect::<Result<_>>()?;
@@ -53,9 +55,14 @@ pub fn spawn(binary: &Path, dir: &StateDir, binds: Option<&[(PathBuf, PathBuf)]>
             if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            for (source, target) in &binds {
+            for (source, target, read_only) in &binds {
                 let flags = libc::MS_BIND | libc::MS_REC;
                 if libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // A bind ignores MS_RDONLY; it takes a remount of the new mount.
+                let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+                if *read_only && libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), ro, std::ptr::null()) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }

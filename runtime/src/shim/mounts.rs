@@ -34,6 +34,20 @@ pub fn bind(source: &Path, target: &Path) -> Result<()> {
         .with_context(|| format!("bind-mounting {} on {}", source.display(), target.display()))
 }
 
+/// Bind `source` on `target` read-only, with `staging` (an empty directory, or file for a file
+/// source, outside the share) as a waypoint. A bind copies the flags of the mount it binds, so
+/// the copy that propagates into virtiofsd's namespace is read-only from the moment it exists,
+/// rather than depending on how a later remount of the share's copy propagates (mount(2)
+/// describes remount flags as per mount).
+pub fn bind_read_only(source: &Path, target: &Path, staging: &Path) -> Result<()> {
+    bind(source, staging)?;
+    let result = mount(None::<&str>, staging, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
+        .with_context(|| format!("making {} read-only", staging.display()))
+        .and_then(|()| bind(staging, target));
+    unmount(staging);
+    result
+}
+
 /// Detach whatever is mounted on `target` (all of it, recursively); absent is fine.
 pub fn unmount(target: &Path) {
     loop {

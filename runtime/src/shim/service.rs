@@ -293,9 +293,21 @@ impl Service {
             let bundle = Bundle::load(&bundle_dir)?;
             bundle.require_process()?;
             let shared = SharedRootfs { host_path: bundle.rootfs.clone(), subdir: spec::share_subdir(&req.id), binds: bundle.binds.clone() };
-            for (source, target) in shared.mounts(&self.dir.share_dir())? {
-                mounts::bind(&source, &target)?;
-                undo.insert(0, target);
+            for m in shared.mounts(&self.dir.share_dir())? {
+                if m.read_only {
+                    let staging = self.dir.dir.join("ro-staging");
+                    if m.target.is_dir() {
+                        std::fs::create_dir_all(&staging)?;
+                    } else {
+                        std::fs::File::create(&staging)?;
+                    }
+                    let bound = mounts::bind_read_only(&m.source, &m.target, &staging);
+                    let _ = std::fs::remove_dir(&staging).or_else(|_| std::fs::remove_file(&staging));
+                    bound?;
+                } else {
+                    mounts::bind(&m.source, &m.target)?;
+                }
+                undo.insert(0, m.target);
             }
 
             let mut tasks = self.lock();
