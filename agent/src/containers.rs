@@ -217,6 +217,21 @@ impl Registry {
         }
     }
 
+    /// Forget exec `exec_id` of container `id` once it has exited.
+    pub fn remove_process(&self, id: &str, exec_id: &str) -> Result<()> {
+        self.known(id)?;
+        let key = (id.to_string(), Some(exec_id.to_string()));
+        let mut inner = self.inner.lock().unwrap();
+        match inner.processes.get(&key) {
+            None => bail!("exec {exec_id} does not exist"),
+            Some(p) if p.exit_status.is_none() => bail!("exec {exec_id} is still running"),
+            Some(_) => {
+                inner.processes.remove(&key);
+                Ok(())
+            }
+        }
+    }
+
     pub fn remove(&self, id: &str) -> Result<()> {
         self.known(id)?;
         if let Ok(mut container) = load(id) {

@@ -168,6 +168,10 @@ fn dispatch(registry: &Registry, events: &EventSink, body: RequestBody) -> Resul
             registry.resize_terminal(&container_id, exec_id.as_deref(), width, height)?;
             Reply::Empty
         }
+        RequestBody::RemoveProcess { container_id, exec_id } => {
+            registry.remove_process(&container_id, &exec_id)?;
+            Reply::Empty
+        }
         RequestBody::RemoveContainer { container_id } => {
             registry.remove(&container_id)?;
             Reply::Empty

@@ -56,6 +56,25 @@ fn ctr_run_prints_stdout_returns_the_exit_code_and_pipes_stdin() {
     c.assert_clean();
 }
 
+/// A finished and deleted exec is forgotten in the guest too, so its id can be used again (and
+/// execs, terminal or not, do not pile up in the agent for the container's lifetime).
+#[test]
+fn ctr_exec_ids_can_be_reused_after_the_exec_is_gone() {
+    let c = setup("ctr-exec-reuse");
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, "x1", "sleep", "600"]);
+    wait_for_status(&c, "x1", "RUNNING");
+    for round in 0..3 {
+        let out = c.ctr(&["task", "exec", "--exec-id", "probe", "x1", "sh", "-c", &format!("echo round {round}; exit {round}")]);
+        assert_eq!(text(&out.stdout), format!("round {round}\n"), "stderr: {}\nshim log:\n{}", text(&out.stderr), c.shim_log());
+        assert_eq!(out.status.code(), Some(round));
+    }
+    c.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "x1"]);
+    wait_for_status(&c, "x1", "STOPPED");
+    let _ = c.ctr(&["task", "delete", "x1"]);
+    c.ctr_ok(&["container", "rm", "x1"]);
+    c.assert_clean();
+}
+
 /// A read-only volume stays read-only on the host even when a privileged container lifts the
 /// flag in the guest: the shim binds it read-only into the share, for virtiofsd too.
 #[test]

@@ -38,6 +38,11 @@ pub enum RequestBody {
         all: bool,
     },
     RemoveContainer { container_id: String },
+    /// Forget a finished exec: its exit status, any output pipe the host never took, and its
+    /// terminal. Refused while it runs. Without this a container with many execs (probes,
+    /// health checks) would pin them all until it is removed, and an exec id could never be
+    /// used again.
+    RemoveProcess { container_id: String, exec_id: String },
     /// Freeze / thaw every process of the container (cgroup freezer).
     PauseContainer { container_id: String },
     ResumeContainer { container_id: String },

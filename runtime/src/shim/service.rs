@@ -516,7 +516,15 @@ impl Task for TaskService {
         let (exit_status, exited_at) = exit_fields(process);
         let pid = Service::shim_pid();
         if !req.exec_id.is_empty() {
+            let started = process.status != Status::CREATED;
             tasks.containers.get_mut(&req.id).map(|c| c.execs.remove(&req.exec_id));
+            // The guest forgets it too (an exec never started was never there).
+            if let (true, Ok(agent)) = (started, tasks.agent()) {
+                let call = RequestBody::RemoveProcess { container_id: req.id.clone(), exec_id: req.exec_id.clone() };
+                if let Err(e) = agent.call(call) {
+                    tracing::warn!(id = req.id, exec = req.exec_id, "removing the exec in the guest: {e:#}");
+                }
+            }
             // A Wait on it answers NOT_FOUND now instead of sleeping forever.
             self.changed.notify_all();
             return Ok(DeleteResponse { pid, exit_status, exited_at, ..Default::default() });

@@ -255,10 +255,18 @@ impl Supervisor {
                     if container_id == self.state.id =>
                 {
                     tracing::info!(exec, status, "exec exited");
-                    for waiter in self.exec_waiters.remove(&exec).unwrap_or_default() {
-                        let _ = waiter.send(ControlReply { status: Some(status), ..Default::default() });
+                    match self.exec_waiters.remove(&exec) {
+                        Some(waiters) => {
+                            for waiter in waiters {
+                                let _ = waiter.send(ControlReply { status: Some(status), ..Default::default() });
+                            }
+                            self.forget_exec(&exec);
+                        }
+                        // Kept until its `hull exec` asks (it may not have yet).
+                        None => {
+                            self.exec_exits.insert(exec, status);
+                        }
                     }
-                    self.exec_exits.insert(exec, status);
                 }
                 Msg::Agent(AgentNotice::Event(Event::ProcessExited { container_id, exec_id: None, status }))
                     if container_id == self.state.id =>
@@ -302,9 +310,10 @@ impl Supervisor {
             ControlRequest::Kill { signal, all, exec_id } => self.signal(signal, all, exec_id),
             ControlRequest::Exec { exec_id, process } => self.exec(exec_id, process),
             ControlRequest::WaitExec { exec_id } => {
-                match self.exec_exits.get(&exec_id) {
+                match self.exec_exits.remove(&exec_id) {
                     Some(status) => {
-                        let _ = reply.send(ControlReply { status: Some(*status), ..Default::default() });
+                        let _ = reply.send(ControlReply { status: Some(status), ..Default::default() });
+                        self.forget_exec(&exec_id);
                     }
                     None => self.exec_waiters.entry(exec_id).or_default().push(reply),
                 }
@@ -370,6 +379,14 @@ impl Supervisor {
         let call = RequestBody::ResizeTerminal { container_id: self.state.id.clone(), exec_id, width, height };
         if let Err(e) = self.sandbox.agent.call(call) {
             tracing::warn!("resizing the container's terminal: {e:#}");
+        }
+    }
+
+    /// The exec's status has been delivered: the guest can drop what it keeps for it.
+    fn forget_exec(&self, exec_id: &str) {
+        let call = RequestBody::RemoveProcess { container_id: self.state.id.clone(), exec_id: exec_id.to_string() };
+        if let Err(e) = self.sandbox.agent.call(call) {
+            tracing::warn!(exec_id, "removing the exec in the guest: {e:#}");
         }
     }
 
