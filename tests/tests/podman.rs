@@ -20,7 +20,18 @@ impl Podman {
         let env = Env::new(name);
         let wrapper = env.dir.join("hull-runtime");
         let assets = std::env::var("HULL_ASSET_DIR").unwrap_or_else(|_| "/usr/local/share/hull".into());
-        std::fs::write(&wrapper, format!("#!/bin/sh\nHULL_ASSET_DIR={assets} exec {} \"$@\"\n", hull_bin().display())).unwrap();
+        // Each call is recorded (podman hands the runtime's stderr to conmon, so it stays as is):
+        // a failing test prints the calls, which show what conmon asked of hull.
+        let calls = env.dir.join("runtime-calls.log");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\necho \"$(date +%T.%N) $*\" >> {}\nHULL_ASSET_DIR={assets} exec {} \"$@\"\n",
+                calls.display(),
+                hull_bin().display()
+            ),
+        )
+        .unwrap();
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
         // The image: a busybox rootfs, imported from a tarball.
         let b = env.bundle("image", &["true"]);
@@ -33,6 +44,22 @@ impl Podman {
 
     fn run(&self, args: &[&str]) -> Output {
         Command::new("podman").arg("--runtime").arg(&self.runtime).args(args).output().unwrap()
+    }
+
+    /// What hull was asked to do so far, for failure messages.
+    fn calls(&self) -> String {
+        std::fs::read_to_string(self.env.dir.join("runtime-calls.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Podman {
+    /// A failed test must not leave its containers (and their VMs and state in hull's default
+    /// root) for the next run to trip over.
+    fn drop(&mut self) {
+        let names = self.run(&["ps", "-a", "--format", "{{.Names}}"]);
+        for name in text(&names.stdout).lines().filter(|n| n.starts_with("hull-e2e-")) {
+            let _ = self.run(&["rm", "-f", "-t", "0", name]);
+        }
     }
 }
 
@@ -61,7 +88,7 @@ fn podman_run_exit_codes_detach_logs_exec_stop_rm() {
     assert_eq!(text(&out.stdout).trim(), "137", "{}", text(&out.stderr));
     let out = p.run(&["rm", "hull-e2e-web"]);
     assert!(out.status.success(), "rm: {}", text(&out.stderr));
-    drop(p.env);
+    drop(p);
 }
 
 #[test]
@@ -78,7 +105,7 @@ fn podman_run_and_exec_with_a_terminal() {
     assert!(out.status.success(), "run -d: {}", text(&out.stderr));
     let out = in_a_terminal(66, 17, &format!("{podman} exec -t hull-e2e-tty sh -c 'tty; stty size; exit 5'"));
     let shown = text(&out.stdout);
-    assert!(shown.contains("/dev/pts/") && shown.contains("17 66"), "exec -t: {shown:?}");
+    assert!(shown.contains("/dev/pts/") && shown.contains("17 66"), "exec -t: {shown:?}\nruntime calls:\n{}", p.calls());
     assert_eq!(out.status.code(), Some(5));
     let out = p.run(&["rm", "-f", "-t", "0", "hull-e2e-tty"]);
     assert!(out.status.success(), "rm: {}", text(&out.stderr));
