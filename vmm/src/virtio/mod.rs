@@ -85,6 +85,39 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self) -> bool;
 }
 
+/// Serve a queue the guest fills with requests for the device (a transmit queue): each chain
+/// goes to `consume` and is returned with nothing written. At most `budget` chains per call, so
+/// one busy queue cannot keep the shared event loop to itself: when the budget runs out, `kick`
+/// is re-armed and the rest is served on a later turn. The guest is interrupted if it asked.
+pub fn drain_tx_queue<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    budget: usize,
+    kick: &EventFd,
+    interrupt: &Interrupt,
+    mut consume: impl FnMut(virtio_queue::DescriptorChain<&'m GuestMemoryMmap>),
+) {
+    use virtio_queue::QueueT;
+    let mut used = false;
+    let mut handled = 0;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        handled += 1;
+        let head = chain.head_index();
+        consume(chain);
+        if queue.add_used(mem, head, 0).is_err() {
+            break;
+        }
+        used = true;
+        if handled == budget {
+            let _ = kick.write(1);
+            break;
+        }
+    }
+    if used && queue.needs_notification(mem).unwrap_or(true) {
+        interrupt.signal(INT_VRING);
+    }
+}
+
 /// Read `data.len()` bytes at `offset` of a device's config space given as bytes; reads past
 /// the end see zeros, as a guest probing a shorter config would on real hardware.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {

@@ -119,22 +119,18 @@ impl NetDevice {
     }
 
     fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else { return };
-        let mut used = false;
-        let mut handled = 0;
+        let Self { active: Some(active), tap, malformed, dropped, queue_events, interrupt, .. } = self else { return };
         let mut frame = Vec::new();
-        while let Some(chain) = active.queues[TX].pop_descriptor_chain(&active.mem) {
-            handled += 1;
-            let head = chain.head_index();
+        super::drain_tx_queue(&mut active.queues[TX], &active.mem, BUDGET, &queue_events[TX], interrupt, |chain| {
             let problem = match Chain::parse(&active.mem, chain, (NET_HDR_SIZE + MAX_FRAME) as u64) {
                 Ok(c) if c.readable_len >= NET_HDR_SIZE as u64 => {
                     frame.resize(c.readable_len as usize - NET_HDR_SIZE, 0);
                     let n = c.read_at(&active.mem, NET_HDR_SIZE as u64, &mut frame);
-                    match self.tap.0.write(&frame[..n]) {
+                    match tap.0.write(&frame[..n]) {
                         Ok(_) => None,
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            if self.dropped.allow() {
-                                tracing::warn!("net: the tap is full; dropped a frame ({} so far)", self.dropped.seen());
+                            if dropped.allow() {
+                                tracing::warn!("net: the tap is full; dropped a frame ({} so far)", dropped.seen());
                             }
                             None
                         }
@@ -145,22 +141,11 @@ impl NetDevice {
                 Err(e) => Some(e.to_string()),
             };
             if let Some(p) = problem {
-                if self.malformed.allow() {
-                    tracing::warn!("net: dropped a request: {p} ({} so far)", self.malformed.seen());
+                if malformed.allow() {
+                    tracing::warn!("net: dropped a request: {p} ({} so far)", malformed.seen());
                 }
             }
-            if active.queues[TX].add_used(&active.mem, head, 0).is_err() {
-                break;
-            }
-            used = true;
-            if handled == BUDGET {
-                let _ = self.queue_events[TX].write(1);
-                break;
-            }
-        }
-        if used && active.queues[TX].needs_notification(&active.mem).unwrap_or(true) {
-            self.interrupt.signal(INT_VRING);
-        }
+        });
     }
 
     /// Move frames from the tap into guest rx buffers until one side runs dry (or the budget

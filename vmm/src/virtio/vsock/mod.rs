@@ -63,32 +63,17 @@ impl VsockDevice {
 
     /// Take the packets the guest queued for the host.
     fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else { return };
-        let mut used = false;
-        let mut handled = 0;
-        while let Some(chain) = active.queues[TX].pop_descriptor_chain(&active.mem) {
-            handled += 1;
-            let head = chain.head_index();
+        let Self { active: Some(active), muxer, malformed, queue_events, interrupt, .. } = self else { return };
+        super::drain_tx_queue(&mut active.queues[TX], &active.mem, BUDGET, &queue_events[TX], interrupt, |chain| {
             match read_tx_packet(&active.mem, chain) {
-                Ok((hdr, payload)) => self.muxer.on_guest_packet(&hdr, &payload),
+                Ok((hdr, payload)) => muxer.on_guest_packet(&hdr, &payload),
                 Err(e) => {
-                    if self.malformed.allow() {
-                        tracing::warn!("vsock: dropped a malformed request: tx: {e} ({} so far)", self.malformed.seen());
+                    if malformed.allow() {
+                        tracing::warn!("vsock: dropped a malformed request: tx: {e} ({} so far)", malformed.seen());
                     }
                 }
             }
-            if active.queues[TX].add_used(&active.mem, head, 0).is_err() {
-                break;
-            }
-            used = true;
-            if handled == BUDGET {
-                let _ = self.queue_events[TX].write(1);
-                break;
-            }
-        }
-        if used && active.queues[TX].needs_notification(&active.mem).unwrap_or(true) {
-            self.interrupt.signal(INT_VRING);
-        }
+        });
     }
 
     /// Fill guest rx buffers with whatever the muxer has for the guest.
