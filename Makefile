@@ -8,11 +8,12 @@ TARGET     := x86_64-unknown-linux-gnu
 AGENT      := target/$(TARGET)/release/hull-agent
 export CARGO_TERM_PROGRESS_WHEN = never
 
-.PHONY: help setup kernel agent initramfs tools binaries assets install test fuzz demo bench clean
+.PHONY: help setup kernel agent initramfs tools binaries assets install check test fuzz demo bench clean
 
 help:
 	@echo "make demo     - the seed demo: HTTP server in a microVM, curl it (does all set-up)"
-	@echo "make test     - the whole test suite (does all set-up)"
+	@echo "make test     - the whole test suite (does all set-up; starts with make check)"
+	@echo "make check    - fast: cargo fmt --check, clippy -D warnings, unit tests (no VM)"
 	@echo "make install  - build and install hull under $(PREFIX)"
 	@echo "make bench    - benchmarks (prints a table)"
 
@@ -50,11 +51,22 @@ install: assets
 	@install -m 0755 target/release/hull target/release/containerd-shim-hull-v2 target/release/hull-vmm $(PREFIX)/bin/
 	@echo "install: hull in $(PREFIX)/bin, assets in $(ASSET_DIR)"
 
+# Fast checks that need no VM: formatting, lints (the workspace's [lints], -D warnings) and
+# every crate's unit tests, the pod core's over a fake agent among them.
+check:
+	@scripts/rust-components.sh
+	@echo "check: cargo fmt --check"
+	@cargo fmt --all --check
+	@echo "check: cargo clippy -D warnings"
+	@cargo clippy --locked --workspace --all-targets -- -D warnings
+	@echo "check: unit tests"
+	@cargo test --locked --workspace --lib --bins
+
 # The suite runs against this checkout's build (HULL_ASSET_DIR), not what is installed. With
 # hardware KVM the backend `auto` is hull-vmm, so the whole suite runs on it, and the foundation
 # suite runs once more on QEMU; without it (PVM, as on the CI machines) everything runs on
 # QEMU/TCG and hull-vmm is proven by its synthetic-guest suite (tests/tests/vmm.rs).
-test: assets
+test: check assets
 	@if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -e /dev/kvm ]; then \
 	  echo "test: hardware KVM present: the suite runs on hull-vmm, then the foundation suite on QEMU/KVM"; \
 	  HULL_ASSET_DIR=$(CURDIR)/$(ASSETS) cargo test --release --locked --workspace -- --test-threads=1 && \

@@ -79,7 +79,8 @@ pub fn update(id: &str, u: &ResourceUpdate) -> Result<()> {
     if u.cpu_quota.is_some() || u.cpu_period.is_some() {
         let current = read(id, "cpu.max");
         let mut parts = current.split_whitespace();
-        let (old_quota, old_period) = (parts.next().unwrap_or("max").to_string(), parts.next().unwrap_or("100000").to_string());
+        let (old_quota, old_period) =
+            (parts.next().unwrap_or("max").to_string(), parts.next().unwrap_or("100000").to_string());
         let quota = u.cpu_quota.map(max).unwrap_or(old_quota);
         let period = u.cpu_period.map(|p| p.to_string()).unwrap_or(old_period);
         write(id, "cpu.max", &format!("{quota} {period}"))?;

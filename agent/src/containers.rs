@@ -18,6 +18,7 @@ use nix::fcntl::OFlag;
 use crate::create_helper;
 use crate::guest_init::SHARE_DIR;
 use crate::reaper::Reaper;
+use crate::refusal;
 use crate::terminal::ConsoleSocket;
 
 /// libcontainer's state root inside the guest.
@@ -71,14 +72,15 @@ impl Registry {
     }
 
     pub fn create(&self, id: &str, spec: serde_json::Value) -> Result<Spawned> {
-        validate_id(id).map_err(|e| anyhow!(e))?;
+        validate_id(id).map_err(refusal::invalid)?;
         if self.inner.lock().unwrap().containers.contains(id) {
-            bail!("container {id} already exists");
+            return Err(refusal::already_exists(format!("container {id} already exists")));
         }
-        let spec: Spec = serde_json::from_value(spec).context("invalid container spec")?;
-        let root = spec.root().as_ref().ok_or_else(|| anyhow!("spec has no root"))?.path();
+        let spec: Spec =
+            serde_json::from_value(spec).map_err(|e| refusal::invalid(format!("invalid container spec: {e}")))?;
+        let root = spec.root().as_ref().ok_or_else(|| refusal::invalid("spec has no root"))?.path();
         if !root.is_absolute() || !root.starts_with(SHARE_DIR) || root.components().any(|c| c.as_os_str() == "..") {
-            bail!("root.path {} is not inside the share {SHARE_DIR}", root.display());
+            return Err(refusal::invalid(format!("root.path {} is not inside the share {SHARE_DIR}", root.display())));
         }
         if !root.is_dir() {
             bail!("root.path {} does not exist in the guest", root.display());
@@ -89,7 +91,8 @@ impl Registry {
         let result = (|| {
             fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
             let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
-            let stdio = self.run_helper(&[create_helper::INIT, id, path_str(&bundle)?, STATE_ROOT], &bundle, terminal)?;
+            let stdio =
+                self.run_helper(&[create_helper::INIT, id, path_str(&bundle)?, STATE_ROOT], &bundle, terminal)?;
             let pid = load(id)?.pid().ok_or_else(|| anyhow!("created container has no pid"))?.as_raw();
             self.inner.lock().unwrap().containers.insert(id.to_string());
             Ok(self.register((id.to_string(), None), pid, stdio))
@@ -102,20 +105,22 @@ impl Registry {
     }
 
     pub fn exec(&self, id: &str, exec_id: &str, process: serde_json::Value) -> Result<Spawned> {
-        validate_id(exec_id).map_err(|e| anyhow!("exec id: {e}"))?;
+        validate_id(exec_id).map_err(|e| refusal::invalid(format!("exec id: {e}")))?;
         self.known(id)?;
         let key = (id.to_string(), Some(exec_id.to_string()));
         if self.inner.lock().unwrap().processes.contains_key(&key) {
-            bail!("exec {exec_id} already exists in container {id}");
+            return Err(refusal::already_exists(format!("exec {exec_id} already exists in container {id}")));
         }
-        let process: Process = serde_json::from_value(process).context("invalid process")?;
+        let process: Process =
+            serde_json::from_value(process).map_err(|e| refusal::invalid(format!("invalid process: {e}")))?;
         let dir = Path::new(BUNDLE_ROOT).join(id).join(format!("exec-{exec_id}"));
         fs::create_dir_all(&dir)?;
         let result = (|| {
             let process_file = dir.join("process.json");
             fs::write(&process_file, serde_json::to_vec(&process)?)?;
             let terminal = process.terminal().unwrap_or(false);
-            let stdio = self.run_helper(&[create_helper::EXEC, id, path_str(&process_file)?, STATE_ROOT], &dir, terminal)?;
+            let stdio =
+                self.run_helper(&[create_helper::EXEC, id, path_str(&process_file)?, STATE_ROOT], &dir, terminal)?;
             let pid: i32 = fs::read_to_string(dir.join(create_helper::PID_FILE))?.trim().parse()?;
             Ok(self.register(key, pid, stdio))
         })();
@@ -164,10 +169,21 @@ impl Registry {
         if status != 0 {
             let reason = fs::read_to_string(&error_file).unwrap_or_default();
             let reason = reason.trim();
-            bail!("{}", if reason.is_empty() { format!("create helper exited with status {status}") } else { reason.to_string() });
+            bail!(
+                "{}",
+                if reason.is_empty() {
+                    format!("create helper exited with status {status}")
+                } else {
+                    reason.to_string()
+                }
+            );
         }
         let Some(console) = console else {
-            let streams = HashMap::from([(StreamKind::Stdin, stdin_w), (StreamKind::Stdout, stdout_r), (StreamKind::Stderr, stderr_r)]);
+            let streams = HashMap::from([
+                (StreamKind::Stdin, stdin_w),
+                (StreamKind::Stdout, stdout_r),
+                (StreamKind::Stderr, stderr_r),
+            ]);
             return Ok(Stdio3 { streams, terminal: None });
         };
         // A terminal merges stdout and stderr; the host's stderr stream reads as empty.
@@ -201,18 +217,31 @@ impl Registry {
     pub fn signal(&self, id: &str, exec_id: Option<&str>, signal: i32, all: bool) -> Result<()> {
         self.known(id)?;
         let signal_num = signal;
-        let signal = Signal::try_from(signal).map_err(|_| anyhow!("invalid signal {signal}"))?;
+        let signal = Signal::try_from(signal).map_err(|_| refusal::invalid(format!("invalid signal {signal}")))?;
         match exec_id {
-            None => load(id)?.kill(signal, all).context("signalling the container"),
+            None => {
+                let key = (id.to_string(), None);
+                let exited = self.inner.lock().unwrap().processes.get(&key).is_some_and(|p| p.exit_status.is_some());
+                if exited {
+                    return Err(refusal::not_found(format!("the init of container {id} has already exited")));
+                }
+                load(id)?.kill(signal, all).context("signalling the container")
+            }
             Some(exec) => {
                 let key = (id.to_string(), Some(exec.to_string()));
                 let inner = self.inner.lock().unwrap();
-                let proc = inner.processes.get(&key).ok_or_else(|| anyhow!("exec {exec} does not exist"))?;
+                let proc = inner
+                    .processes
+                    .get(&key)
+                    .ok_or_else(|| refusal::not_found(format!("exec {exec} does not exist")))?;
                 if proc.exit_status.is_some() {
-                    bail!("exec {exec} has already exited");
+                    return Err(refusal::not_found(format!("exec {exec} has already exited")));
                 }
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(proc.pid), nix::sys::signal::Signal::try_from(signal_num)?)
-                    .context("signalling the exec")
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(proc.pid),
+                    nix::sys::signal::Signal::try_from(signal_num)?,
+                )
+                .context("signalling the exec")
             }
         }
     }
@@ -223,8 +252,10 @@ impl Registry {
         let key = (id.to_string(), Some(exec_id.to_string()));
         let mut inner = self.inner.lock().unwrap();
         match inner.processes.get(&key) {
-            None => bail!("exec {exec_id} does not exist"),
-            Some(p) if p.exit_status.is_none() => bail!("exec {exec_id} is still running"),
+            None => Err(refusal::not_found(format!("exec {exec_id} does not exist"))),
+            Some(p) if p.exit_status.is_none() => {
+                Err(refusal::precondition(format!("exec {exec_id} is still running")))
+            }
             Some(_) => {
                 inner.processes.remove(&key);
                 Ok(())
@@ -292,8 +323,9 @@ impl Registry {
     pub fn resize_terminal(&self, id: &str, exec_id: Option<&str>, width: u16, height: u16) -> Result<()> {
         let key = (id.to_string(), exec_id.map(str::to_string));
         let inner = self.inner.lock().unwrap();
-        let proc = inner.processes.get(&key).ok_or_else(|| anyhow!("no process {key:?}"))?;
-        let master = proc.terminal.as_ref().ok_or_else(|| anyhow!("process {key:?} has no terminal"))?;
+        let proc = inner.processes.get(&key).ok_or_else(|| refusal::not_found(format!("no process {key:?}")))?;
+        let master =
+            proc.terminal.as_ref().ok_or_else(|| refusal::precondition(format!("process {key:?} has no terminal")))?;
         crate::terminal::resize(master, width, height)
     }
 
@@ -307,7 +339,8 @@ impl Registry {
     /// an OOM kill in its container first, if one happened since the last exit, then the exit.
     pub fn process_exited(&self, pid: i32, status: i32) -> Vec<Event> {
         let mut inner = self.inner.lock().unwrap();
-        let Some(((id, exec_id), proc)) = inner.processes.iter_mut().find(|(_, p)| p.pid == pid && p.exit_status.is_none())
+        let Some(((id, exec_id), proc)) =
+            inner.processes.iter_mut().find(|(_, p)| p.pid == pid && p.exit_status.is_none())
         else {
             inner.unclaimed_exits.insert(pid, status);
             return Vec::new();
@@ -331,7 +364,7 @@ impl Registry {
         if self.inner.lock().unwrap().containers.contains(id) {
             Ok(())
         } else {
-            bail!("container {id:?} does not exist")
+            Err(refusal::not_found(format!("container {id:?} does not exist")))
         }
     }
 }

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use hull_protocol::{
-    read_frame, write_frame, AgentError, AgentMessage, Event, FrameError, Outcome, Reply, Request, RequestBody,
-    Response, CONTROL_PORT, PROTOCOL_VERSION,
+    read_frame, write_frame, AgentError, AgentMessage, ErrorKind, Event, FrameError, Outcome, Reply, Request,
+    RequestBody, Response, CONTROL_PORT, PROTOCOL_VERSION,
 };
 
 use crate::containers::Registry;
@@ -77,12 +77,11 @@ pub fn serve(registry: Arc<Registry>, events: EventSink) -> Result<()> {
         };
         let registry = registry.clone();
         let events = events.clone();
-        let spawned = std::thread::Builder::new().name("control".into()).spawn(move || {
-            match handle(conn, &registry, &events) {
+        let spawned =
+            std::thread::Builder::new().name("control".into()).spawn(move || match handle(conn, &registry, &events) {
                 Ok(()) | Err(FrameError::Closed) => {}
                 Err(e) => log::error(&format!("control connection: {e}")),
-            }
-        });
+            });
         if let Err(e) = spawned {
             log::error(&format!("control thread: {e}"));
         }
@@ -100,11 +99,12 @@ fn handle(conn: Stream, registry: &Registry, events: &EventSink) -> Result<(), F
                 shaken = true;
                 Ok(Reply::Handshake { version: PROTOCOL_VERSION, agent_version: env!("CARGO_PKG_VERSION").into() })
             }
-            (RequestBody::Handshake { version }, _) => {
-                Err(AgentError::new(format!("protocol version {version} unsupported (agent speaks {PROTOCOL_VERSION})")))
-            }
-            (_, false) => Err(AgentError::new("handshake required first")),
-            (body, true) => dispatch(registry, events, body.clone()).map_err(|e| AgentError::new(format!("{e:#}"))),
+            (RequestBody::Handshake { version }, _) => Err(AgentError::new(
+                ErrorKind::FailedPrecondition,
+                format!("protocol version {version} unsupported (agent speaks {PROTOCOL_VERSION})"),
+            )),
+            (_, false) => Err(AgentError::new(ErrorKind::FailedPrecondition, "handshake required first")),
+            (body, true) => dispatch(registry, events, body.clone()).map_err(|e| crate::refusal::to_wire(&e)),
         };
         let response = AgentMessage::Response(Response {
             id: req.id,
@@ -158,7 +158,9 @@ fn dispatch(registry: &Registry, events: &EventSink, body: RequestBody) -> Resul
             registry.resume(&container_id)?;
             Reply::Empty
         }
-        RequestBody::ListProcesses { container_id } => Reply::Processes { processes: registry.processes(&container_id)? },
+        RequestBody::ListProcesses { container_id } => {
+            Reply::Processes { processes: registry.processes(&container_id)? }
+        }
         RequestBody::ContainerStats { container_id } => Reply::Stats { stats: registry.stats(&container_id)? },
         RequestBody::UpdateResources { container_id, update } => {
             registry.update(&container_id, &update)?;

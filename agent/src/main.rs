@@ -17,6 +17,7 @@ mod guest_init;
 mod log;
 mod network;
 mod reaper;
+mod refusal;
 mod stdio;
 mod terminal;
 mod vsock;

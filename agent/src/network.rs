@@ -33,7 +33,8 @@ pub fn configure(interfaces: &[Interface], routes: &[Route]) -> Result<()> {
     // Configure them there, on a thread that entered it.
     std::thread::scope(|s| {
         s.spawn(|| {
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the sandbox namespace")?;
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .context("entering the sandbox namespace")?;
             // The guest's addresses are the veths'; duplicate detection against ourselves only delays.
             for conf in ["all", "default"] {
                 let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad"), "0");
@@ -54,8 +55,14 @@ fn sandbox_netns() -> Result<std::fs::File> {
         std::thread::scope(|s| {
             s.spawn(|| -> Result<()> {
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("creating the sandbox namespace")?;
-                nix::mount::mount(Some("/proc/thread-self/ns/net"), path, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
-                    .context("pinning the sandbox namespace")?;
+                nix::mount::mount(
+                    Some("/proc/thread-self/ns/net"),
+                    path,
+                    None::<&str>,
+                    nix::mount::MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .context("pinning the sandbox namespace")?;
                 Ok(())
             })
             .join()

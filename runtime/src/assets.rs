@@ -6,7 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+/// An installed file hull needs is missing.
+#[derive(Debug, thiserror::Error)]
+#[error("{} not found: install hull's assets (`make install`) or set HULL_ASSET_DIR", .0.display())]
+pub struct MissingAsset(pub PathBuf);
 
 pub const DEFAULT_ASSET_DIR: &str = "/usr/local/share/hull";
 
@@ -27,7 +30,7 @@ pub struct Assets {
 
 impl Assets {
     /// Locate every asset, failing with the path that is missing.
-    pub fn locate() -> Result<Self> {
+    pub fn locate() -> Result<Self, MissingAsset> {
         let dir = std::env::var_os("HULL_ASSET_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_ASSET_DIR.into());
         let assets = Assets {
             kernel: dir.join("vmlinuz"),
@@ -47,10 +50,7 @@ impl Assets {
         };
         for path in [&assets.kernel, &assets.initramfs, &assets.virtiofsd, &assets.vsock_backend, &assets.qemu] {
             if !path.exists() {
-                bail!(
-                    "{} not found: install hull's assets (`make install`) or set HULL_ASSET_DIR",
-                    path.display()
-                );
+                return Err(MissingAsset(path.clone()));
             }
         }
         Ok(assets)

@@ -4,8 +4,29 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+/// A bundle that cannot be run, naming the file and, where one is to blame, the field.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle {}: {source}", dir.display())]
+    Dir { dir: PathBuf, source: std::io::Error },
+    #[error("bundle {}: not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{}: {source}", config.display())]
+    Config { config: PathBuf, source: std::io::Error },
+    #[error("{}: not valid JSON: {source}", config.display())]
+    Json { config: PathBuf, source: serde_json::Error },
+    #[error("{}: field `{field}`{message}", config.display())]
+    Field { config: PathBuf, field: String, message: String },
+}
+
+type Result<T> = std::result::Result<T, BundleError>;
+
+/// An error in field `field` of `config`; `message` follows the field's name (": …" or " is …").
+fn field(config: &Path, field: impl Into<String>, message: impl std::fmt::Display) -> BundleError {
+    BundleError::Field { config: config.to_path_buf(), field: field.into(), message: message.to_string() }
+}
 
 /// A bind mount of config.json, shared into the guest over virtio-fs.
 #[derive(Debug, Clone)]
@@ -37,35 +58,32 @@ pub struct Bundle {
 
 impl Bundle {
     pub fn load(dir: &Path) -> Result<Bundle> {
-        let dir = dir.canonicalize().map_err(|e| anyhow!("bundle {}: {e}", dir.display()))?;
+        let dir = dir.canonicalize().map_err(|source| BundleError::Dir { dir: dir.to_path_buf(), source })?;
         if !dir.is_dir() {
-            bail!("bundle {}: not a directory", dir.display());
+            return Err(BundleError::NotADirectory(dir));
         }
         let config = dir.join("config.json");
-        let file = File::open(&config).map_err(|e| anyhow!("{}: {e}", config.display()))?;
+        let file = File::open(&config).map_err(|source| BundleError::Config { config: config.clone(), source })?;
         let raw: serde_json::Value = serde_json::from_reader(BufReader::new(file))
-            .map_err(|e| anyhow!("{}: not valid JSON: {e}", config.display()))?;
+            .map_err(|source| BundleError::Json { config: config.clone(), source })?;
         match raw.get("ociVersion").and_then(|v| v.as_str()) {
             Some(v) if v.starts_with("1.") => {}
-            Some(v) => bail!("{}: field `ociVersion`: version {v:?} is not supported (1.x is)", config.display()),
-            None => bail!("{}: field `ociVersion` is missing or not a string", config.display()),
+            Some(v) => return Err(field(&config, "ociVersion", format!(": version {v:?} is not supported (1.x is)"))),
+            None => return Err(field(&config, "ociVersion", " is missing or not a string")),
         }
-        let spec: Spec = serde_path_to_error::deserialize(&raw).map_err(|e| {
-            let field = e.path().to_string();
-            anyhow!("{}: field `{}`: {}", config.display(), field, e.inner())
-        })?;
+        let spec: Spec = serde_path_to_error::deserialize(&raw)
+            .map_err(|e| field(&config, e.path().to_string(), format!(": {}", e.inner())))?;
 
-        let root = spec.root().as_ref().ok_or_else(|| anyhow!("{}: field `root` is missing", config.display()))?;
+        let root = spec.root().as_ref().ok_or_else(|| field(&config, "root", " is missing"))?;
         let rootfs = dir.join(root.path());
-        let rootfs = rootfs
-            .canonicalize()
-            .map_err(|e| anyhow!("{}: field `root.path`: {}: {e}", config.display(), rootfs.display()))?;
+        let rootfs =
+            rootfs.canonicalize().map_err(|e| field(&config, "root.path", format!(": {}: {e}", rootfs.display())))?;
         if !rootfs.is_dir() {
-            bail!("{}: field `root.path`: {} is not a directory", config.display(), rootfs.display());
+            return Err(field(&config, "root.path", format!(": {} is not a directory", rootfs.display())));
         }
         if let Some(process) = spec.process() {
             if process.args().as_ref().is_none_or(|a| a.is_empty()) {
-                bail!("{}: field `process.args`: must name a program", config.display());
+                return Err(field(&config, "process.args", ": must name a program"));
             }
         }
         let netns = Self::network_namespace(&spec, &config)?;
@@ -84,12 +102,19 @@ impl Bundle {
             if !is_bind {
                 continue;
             }
-            let field = format!("{}: field `mounts[{index}].source`", config.display());
-            let source = mount.source().as_ref().ok_or_else(|| anyhow!("{field} is missing"))?;
-            let source = dir.join(source).canonicalize().map_err(|e| anyhow!("{field}: {}: {e}", source.display()))?;
-            let kind = std::fs::metadata(&source).map_err(|e| anyhow!("{field}: {}: {e}", source.display()))?.file_type();
+            let name = format!("mounts[{index}].source");
+            let source = mount.source().as_ref().ok_or_else(|| field(config, &name, " is missing"))?;
+            let source = dir
+                .join(source)
+                .canonicalize()
+                .map_err(|e| field(config, &name, format!(": {}: {e}", source.display())))?;
+            let kind = std::fs::metadata(&source)
+                .map_err(|e| field(config, &name, format!(": {}: {e}", source.display())))?
+                .file_type();
             if kind.is_block_device() || kind.is_char_device() || kind.is_socket() || kind.is_fifo() {
-                bail!("{field}: {} is a device, socket or FIFO, which cannot be shared into a VM", source.display());
+                let why =
+                    format!(": {} is a device, socket or FIFO, which cannot be shared into a VM", source.display());
+                return Err(field(config, &name, why));
             }
             let read_only = options.iter().rev().find(|o| *o == "ro" || *o == "rw").is_some_and(|o| o == "ro");
             binds.push(BindMount { index, source, is_dir: kind.is_dir(), read_only });
@@ -108,11 +133,9 @@ impl Bundle {
             let target = rootfs.join(mount.destination().strip_prefix("/").unwrap_or(mount.destination()));
             let has_content = std::fs::read_dir(&target).map(|mut d| d.next().is_some()).unwrap_or(false);
             if has_content {
-                bail!(
-                    "{}: field `mounts[{i}].options`: tmpcopyup over {}, which is not empty, is not supported",
-                    config.display(),
-                    mount.destination().display()
-                );
+                let why =
+                    format!(": tmpcopyup over {}, which is not empty, is not supported", mount.destination().display());
+                return Err(field(config, format!("mounts[{i}].options"), why));
             }
         }
         Ok(())
@@ -122,29 +145,29 @@ impl Bundle {
     fn network_namespace(spec: &Spec, config: &Path) -> Result<Option<PathBuf>> {
         let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default();
         match namespaces.iter().find(|ns| ns.typ() == LinuxNamespaceType::Network) {
-            None => bail!(
-                "{}: field `linux.namespaces`: no network namespace means host networking, which a VM \
-                 cannot share; add {{\"type\": \"network\"}} (or a \"path\" to an existing one)",
-                config.display()
-            ),
+            None => Err(field(
+                config,
+                "linux.namespaces",
+                ": no network namespace means host networking, which a VM cannot share; add \
+                 {\"type\": \"network\"} (or a \"path\" to an existing one)",
+            )),
             Some(ns) => match ns.path() {
                 None => Ok(None),
                 Some(path) if path.exists() => Ok(Some(path.clone())),
-                Some(path) => bail!(
-                    "{}: field `linux.namespaces`: network namespace {} does not exist",
-                    config.display(),
-                    path.display()
-                ),
+                Some(path) => Err(field(
+                    config,
+                    "linux.namespaces",
+                    format!(": network namespace {} does not exist", path.display()),
+                )),
             },
         }
     }
 
     /// The process this bundle runs, or an error naming the field.
     pub fn require_process(&self) -> Result<()> {
-        self.spec
-            .process()
-            .as_ref()
-            .map(|_| ())
-            .with_context(|| format!("{}: field `process` is missing: nothing to run", self.dir.join("config.json").display()))
+        match self.spec.process() {
+            Some(_) => Ok(()),
+            None => Err(field(&self.dir.join("config.json"), "process", " is missing: nothing to run")),
+        }
     }
 }

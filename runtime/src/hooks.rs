@@ -10,7 +10,6 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
 use oci_spec::runtime::{Hook, Hooks};
 
 use crate::state::State;
@@ -46,17 +45,44 @@ impl Point {
     }
 }
 
+/// A hook that failed, naming its point, position and program.
+#[derive(Debug, thiserror::Error)]
+#[error("{point} hook #{index} ({}): {failure}", path.display())]
+pub struct HookError {
+    pub point: &'static str,
+    pub index: usize,
+    pub path: std::path::PathBuf,
+    pub failure: Failure,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("starting: {0}")]
+    Start(std::io::Error),
+    #[error("waiting: {0}")]
+    Wait(std::io::Error),
+    #[error("timed out after {0}s")]
+    Timeout(u64),
+    #[error("exited with {status}: {stderr}")]
+    Status { status: String, stderr: String },
+}
+
 /// Run the hooks of `point` in order; the first failure stops the rest and is returned.
-pub fn run(hooks: Option<&Hooks>, point: Point, state: &State) -> Result<()> {
+pub fn run(hooks: Option<&Hooks>, point: Point, state: &State) -> Result<(), HookError> {
     let Some(hooks) = hooks else { return Ok(()) };
-    let input = serde_json::to_vec(state)?;
-    for (i, hook) in point.hooks(hooks).iter().enumerate() {
-        run_one(hook, &input).with_context(|| format!("{} hook #{i} ({})", point.name(), hook.path().display()))?;
+    let input = serde_json::to_vec(state).expect("a state serializes");
+    for (index, hook) in point.hooks(hooks).iter().enumerate() {
+        run_one(hook, &input).map_err(|failure| HookError {
+            point: point.name(),
+            index,
+            path: hook.path().clone(),
+            failure,
+        })?;
     }
     Ok(())
 }
 
-fn run_one(hook: &Hook, input: &[u8]) -> Result<()> {
+fn run_one(hook: &Hook, input: &[u8]) -> Result<(), Failure> {
     let mut cmd = Command::new(hook.path());
     if let Some(args) = hook.args() {
         if let Some((argv0, rest)) = args.split_first() {
@@ -70,7 +96,7 @@ fn run_one(hook: &Hook, input: &[u8]) -> Result<()> {
         }
     }
     cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| anyhow!("starting: {e}"))?;
+    let mut child = cmd.spawn().map_err(Failure::Start)?;
     // A hook that does not read its stdin must not block us.
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(input);
@@ -78,13 +104,13 @@ fn run_one(hook: &Hook, input: &[u8]) -> Result<()> {
     let timeout = hook.timeout().map(|t| Duration::from_secs(t.max(1) as u64));
     let started = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = child.try_wait().map_err(Failure::Wait)? {
             break status;
         }
-        if timeout.is_some_and(|t| started.elapsed() > t) {
+        if let Some(limit) = timeout.filter(|t| started.elapsed() > *t) {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("timed out after {}s", timeout.unwrap().as_secs());
+            return Err(Failure::Timeout(limit.as_secs()));
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -93,7 +119,7 @@ fn run_one(hook: &Hook, input: &[u8]) -> Result<()> {
         if let Some(mut e) = child.stderr.take() {
             let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
         }
-        bail!("exited with {}: {}", crate::process::describe(status), stderr.trim());
+        return Err(Failure::Status { status: crate::process::describe(status), stderr: stderr.trim().to_string() });
     }
     Ok(())
 }

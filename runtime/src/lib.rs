@@ -1,27 +1,31 @@
 //! hull: a runc-compatible OCI runtime that runs every container inside its own microVM.
 //!
-//! The layers, top down:
-//! - [`cli`]: the runc-style command line (thin; parses and dispatches).
-//! - [`supervisor`]: one long-lived process per sandbox that owns the VM, relays stdio, serves
-//!   the CLI's later verbs over a control socket and exits with the container's status.
+//! This library is the runtime's core; the binaries are thin front ends over it:
+//! `hull` (the runc-style CLI and its per-container supervisor) and `containerd-shim-hull-v2`
+//! (containerd's shim v2). The layers, top down:
+//! - [`pod`]: one sandbox VM and its containers — the single lifecycle core both front ends
+//!   drive: state machine, events, exits, tear-down.
+//! - [`agent`]: the typed client of `hull-agent` inside the guest.
 //! - [`sandbox`]: boots a VM through a [`hypervisor`] backend with its helper daemons
-//!   (virtiofsd, the vsock backend) and tears all of it down.
-//! - [`agent_client`]: the framed protocol to `hull-agent` inside the guest.
-//! - [`bundle`], [`state`], [`assets`]: OCI bundles, the state dir, installed files.
+//!   (virtiofsd, the vsock backend) and stops all of it.
+//! - [`share`], [`network`], [`stdio`], [`terminal`]: what a pod attaches to the VM — files
+//!   over virtio-fs, the container's network namespace, process streams, host terminals.
+//! - [`bundle`], [`spec`], [`state`], [`hooks`], [`assets`], [`process`], [`vsock`]: OCI bundles
+//!   and their rewrite for the guest, the CLI's state dir, host hooks, installed files, child
+//!   processes, hybrid vsock.
 
-pub mod agent_client;
+pub mod agent;
 pub mod assets;
 pub mod bundle;
-pub mod cli;
 pub mod hooks;
 pub mod hypervisor;
 pub mod network;
+pub mod pod;
 pub mod process;
 pub mod sandbox;
-pub mod shim;
+pub mod share;
 pub mod spec;
 pub mod state;
 pub mod stdio;
 pub mod terminal;
-pub mod supervisor;
 pub mod vsock;

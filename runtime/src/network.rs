@@ -13,7 +13,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
 use futures::TryStreamExt;
 use hull_protocol::network::{format_mac, Interface, IpNet, Route};
 use netlink_packet_route::address::AddressAttribute;
@@ -22,6 +21,39 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, Rou
 use netlink_packet_route::tc::TcHandle;
 use nix::sched::CloneFlags;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("network namespace {}: {source}", path.display())]
+    Namespace { path: PathBuf, source: std::io::Error },
+    #[error("network namespace {} has no interface besides loopback", .0.display())]
+    NoInterfaces(PathBuf),
+    #[error("attaching {veth}: {source}")]
+    Attach { veth: String, source: Box<NetworkError> },
+    #[error("{0} already has an ingress qdisc (is another sandbox attached to this namespace?)")]
+    AlreadyAttached(String),
+    #[error("{what}: {source}")]
+    Netlink { what: &'static str, source: rtnetlink::Error },
+    #[error("tap {0} vanished")]
+    TapVanished(String),
+    #[error("no free tap name in this namespace")]
+    NoFreeTap,
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("network namespace worker panicked")]
+    Worker,
+}
+
+type Result<T> = std::result::Result<T, NetworkError>;
+
+/// Name what a netlink request was for.
+fn netlink(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
+    move |source| NetworkError::Netlink { what, source }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetworkError {
+    move |source| NetworkError::Io { what: what.into(), source }
+}
 
 /// A tap the VMM attaches a virtio-net device to.
 pub struct Tap {
@@ -43,11 +75,11 @@ pub struct Attachment {
 /// Enter the network namespace at `path`, pair every veth with a tap, and collect what the
 /// guest must mirror. On error nothing is left in the namespace.
 pub fn attach(path: &Path) -> Result<Attachment> {
-    let netns = File::open(path).map_err(|e| anyhow!("network namespace {}: {e}", path.display()))?;
+    let netns = File::open(path).map_err(|source| NetworkError::Namespace { path: path.to_path_buf(), source })?;
     let found = in_netns(&netns, |handle| async move {
         let veths = list_veths(&handle).await?;
         if veths.is_empty() {
-            bail!("network namespace {} has no interface besides loopback", path.display());
+            return Err(NetworkError::NoInterfaces(path.to_path_buf()));
         }
         // Every ingress qdisc this attach added, so a failure removes exactly those and never
         // another sandbox's redirect in a shared namespace.
@@ -57,7 +89,7 @@ pub fn attach(path: &Path) -> Result<Attachment> {
             for veth in &veths {
                 let fd = pair_with_tap(&handle, veth, &mut added)
                     .await
-                    .with_context(|| format!("attaching {}", veth.iface.name))?;
+                    .map_err(|e| NetworkError::Attach { veth: veth.iface.name.clone(), source: Box::new(e) })?;
                 taps.push(Tap { fd, mac: veth.iface.mac.clone() });
             }
             let routes = list_routes(&handle, &veths).await?;
@@ -115,7 +147,7 @@ pub fn clean_up(record: &Record) -> Result<()> {
         Ok(f) => f,
         // The namespace is gone, and everything in it.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(anyhow!("network namespace {}: {e}", record.netns.display())),
+        Err(source) => return Err(NetworkError::Namespace { path: record.netns.clone(), source }),
     };
     remove_redirects(&netns, record.veth_indexes.clone())
 }
@@ -145,16 +177,20 @@ where
 {
     std::thread::scope(|s| {
         s.spawn(|| {
-            nix::sched::setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).context("entering the network namespace")?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+            nix::sched::setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io("entering the network namespace")(e.into()))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .map_err(io("starting the netlink runtime"))?;
             rt.block_on(async {
-                let (connection, handle, _) = rtnetlink::new_connection()?;
+                let (connection, handle, _) = rtnetlink::new_connection().map_err(io("opening a netlink socket"))?;
                 tokio::spawn(connection);
                 f(handle).await
             })
         })
         .join()
-        .map_err(|_| anyhow!("network namespace worker panicked"))?
+        .map_err(|_| NetworkError::Worker)?
     })
 }
 
@@ -166,7 +202,7 @@ struct Veth {
 async fn list_veths(handle: &Handle) -> Result<Vec<Veth>> {
     let mut links = handle.link().get().execute();
     let mut veths = Vec::new();
-    while let Some(link) = links.try_next().await? {
+    while let Some(link) = links.try_next().await.map_err(netlink("listing links"))? {
         if link.header.link_layer_type != LinkLayerType::Ether {
             continue;
         }
@@ -187,7 +223,7 @@ async fn list_veths(handle: &Handle) -> Result<Vec<Veth>> {
         }
         let mut addresses = Vec::new();
         let mut addrs = handle.address().get().set_link_index_filter(link.header.index).execute();
-        while let Some(msg) = addrs.try_next().await? {
+        while let Some(msg) = addrs.try_next().await.map_err(netlink("listing addresses"))? {
             for attr in &msg.attributes {
                 if let AddressAttribute::Address(ip) = attr {
                     // Link-local IPv6 addresses derive from the MAC; the guest makes its own.
@@ -207,14 +243,16 @@ const TAP_PREFIX: &str = "hulltap";
 
 async fn pair_with_tap(handle: &Handle, veth: &Veth, added: &mut Vec<u32>) -> Result<OwnedFd> {
     if has_ingress(handle, veth.index).await? {
-        bail!("{} already has an ingress qdisc (is another sandbox attached to this namespace?)", veth.iface.name);
+        return Err(NetworkError::AlreadyAttached(veth.iface.name.clone()));
     }
     let (name, tap) = create_free_tap(handle).await?;
     let mut links = handle.link().get().match_name(name.clone()).execute();
-    let tap_index = links.try_next().await?.ok_or_else(|| anyhow!("tap {name} vanished"))?.header.index;
-    handle.link().set(LinkUnspec::new_with_index(tap_index).mtu(veth.iface.mtu).up().build()).execute().await?;
+    let found = links.try_next().await.map_err(netlink("looking up the tap"))?;
+    let tap_index = found.ok_or_else(|| NetworkError::TapVanished(name.clone()))?.header.index;
+    let up = LinkUnspec::new_with_index(tap_index).mtu(veth.iface.mtu).up().build();
+    handle.link().set(up).execute().await.map_err(netlink("bringing the tap up"))?;
     for (from, to) in [(veth.index, tap_index), (tap_index, veth.index)] {
-        handle.qdisc().add(from as i32).ingress().execute().await.context("adding an ingress qdisc")?;
+        handle.qdisc().add(from as i32).ingress().execute().await.map_err(netlink("adding an ingress qdisc"))?;
         added.push(from);
         handle
             .traffic_filter(from as i32)
@@ -222,17 +260,18 @@ async fn pair_with_tap(handle: &Handle, veth: &Veth, added: &mut Vec<u32>) -> Re
             .parent(0xffff_0000)
             // ETH_P_ALL, in network byte order as tc expects.
             .protocol(0x0003u16.to_be())
-            .redirect(to)?
+            .redirect(to)
+            .map_err(netlink("building the mirred redirect"))?
             .execute()
             .await
-            .context("adding the mirred redirect")?;
+            .map_err(netlink("adding the mirred redirect"))?;
     }
     Ok(tap)
 }
 
 async fn has_ingress(handle: &Handle, index: u32) -> Result<bool> {
     let mut qdiscs = handle.qdisc().get().index(index as i32).execute();
-    while let Some(q) = qdiscs.try_next().await? {
+    while let Some(q) = qdiscs.try_next().await.map_err(netlink("listing qdiscs"))? {
         if q.header.index == index as i32 && q.header.parent == TcHandle::INGRESS {
             return Ok(true);
         }
@@ -250,7 +289,7 @@ async fn create_free_tap(handle: &Handle) -> Result<(String, OwnedFd)> {
         }
         return Ok((name.clone(), create_tap(&name)?));
     }
-    bail!("no free tap name in this namespace")
+    Err(NetworkError::NoFreeTap)
 }
 
 async fn remove_ingress(handle: &Handle, index: u32) -> Result<()> {
@@ -261,18 +300,19 @@ async fn remove_ingress(handle: &Handle, index: u32) -> Result<()> {
         Ok(()) => Ok(()),
         // Already gone (the link may have been deleted with its namespace).
         Err(rtnetlink::Error::NetlinkError(e)) if matches!(e.raw_code(), -2 | -19 | -22) => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(netlink("removing an ingress qdisc")(e)),
     }
 }
 
 /// Create a non-persistent tap (`IFF_TAP | IFF_NO_PI`) in the current network namespace.
 fn create_tap(name: &str) -> Result<OwnedFd> {
     const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-    let tun = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").context("opening /dev/net/tun")?;
+    let tun =
+        std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").map_err(io("opening /dev/net/tun"))?;
     // SAFETY: zeroed ifreq is a valid value; the name is copied with its length bounded below.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     if name.len() >= ifr.ifr_name.len() {
-        bail!("tap name {name} too long");
+        return Err(io(format!("tap name {name}"))(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG)));
     }
     for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;
@@ -280,7 +320,7 @@ fn create_tap(name: &str) -> Result<OwnedFd> {
     ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
     // SAFETY: TUNSETIFF reads an ifreq we own and that outlives the call.
     if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &ifr) } != 0 {
-        bail!("creating tap {name}: {}", std::io::Error::last_os_error());
+        return Err(io(format!("creating tap {name}"))(std::io::Error::last_os_error()));
     }
     Ok(tun.into())
 }
@@ -290,7 +330,7 @@ async fn list_routes(handle: &Handle, veths: &[Veth]) -> Result<Vec<Route>> {
     let queries = [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()];
     for query in queries {
         let mut stream = handle.route().get(query).execute();
-        while let Some(msg) = stream.try_next().await? {
+        while let Some(msg) = stream.try_next().await.map_err(netlink("listing routes"))? {
             let h = &msg.header;
             // Connected routes reappear when the guest adds the addresses; RA routes are the
             // guest's own business.

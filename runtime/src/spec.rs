@@ -8,16 +8,11 @@ pub const GUEST_SHARE_DIR: &str = "/run/hull/share";
 /// The guest namespace holding the mirrored NICs.
 pub const GUEST_NETNS: &str = hull_protocol::network::SANDBOX_NETNS;
 
-/// Share-relative directory of a container's files (its rootfs sits below it).
-pub fn share_subdir(container_id: &str) -> String {
-    format!("containers/{container_id}")
-}
-
 /// Rewrite a bundle's config for the guest: the rootfs becomes the virtio-fs path, host-side
 /// hooks stay on the host, and the guest cgroup is ours to name.
 pub fn for_guest(raw: &Value, container_id: &str, binds: &[crate::bundle::BindMount]) -> Value {
     let mut spec = raw.clone();
-    let base = format!("{GUEST_SHARE_DIR}/{}", share_subdir(container_id));
+    let base = format!("{GUEST_SHARE_DIR}/{}", crate::share::container_dir(container_id));
     spec["root"]["path"] = json!(format!("{base}/rootfs"));
     // Bind sources are where the share exposes them.
     for bind in binds {

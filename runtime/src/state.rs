@@ -9,8 +9,29 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("container id: {0}")]
+    InvalidId(String),
+    #[error("container with id {0:?} already exists")]
+    Exists(String),
+    #[error("container {0:?} does not exist")]
+    NotFound(String),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("parsing {}: {source}", path.display())]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("locking container {id:?}: {source}")]
+    Lock { id: String, source: std::io::Error },
+}
+
+type Result<T> = std::result::Result<T, StateError>;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io { path: path.to_path_buf(), source }
+}
 
 pub const DEFAULT_ROOT: &str = "/run/hull";
 
@@ -47,8 +68,8 @@ pub struct State {
     /// status, which is what podman/conmon need to wait on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
-    /// Start time of the supervisor (see [`crate::supervisor::process_start_time`]), so a
-    /// reused pid is not mistaken for it.
+    /// Start time of the supervisor (see [`crate::process::start_time`]), so a reused pid is
+    /// not mistaken for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor_start: Option<u64>,
     pub bundle: PathBuf,
@@ -63,6 +84,28 @@ pub struct State {
     pub network: Option<crate::network::Record>,
 }
 
+impl State {
+    /// Is the supervisor recorded here still running? (A supervisor that died abruptly leaves
+    /// a state that says `running`; the container is then stopped.) The pid alone could have
+    /// been reused, so its start time must match too.
+    pub fn supervisor_alive(&self) -> bool {
+        let Some(pid) = self.pid else { return false };
+        match (self.supervisor_start, crate::process::start_time(pid)) {
+            (Some(recorded), Some(now)) => recorded == now,
+            _ => false,
+        }
+    }
+
+    /// The container's status as the CLI reports it.
+    pub fn effective_status(&self) -> Status {
+        match self.status {
+            Status::Stopped => Status::Stopped,
+            _ if !self.supervisor_alive() => Status::Stopped,
+            s => s,
+        }
+    }
+}
+
 /// Paths of one container's state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -71,7 +114,7 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn new(root: &Path, id: &str) -> Result<Self> {
-        hull_protocol::validate_id(id).map_err(|e| anyhow!("container id: {e}"))?;
+        hull_protocol::validate_id(id).map_err(StateError::InvalidId)?;
         Ok(StateDir { dir: root.join(id) })
     }
 
@@ -82,17 +125,16 @@ impl StateDir {
     /// Create the directory for a new container; fails when the id is taken.
     pub fn create(&self) -> Result<()> {
         if let Some(parent) = self.dir.parent() {
-            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            fs::create_dir_all(parent).map_err(io(parent))?;
         }
         match fs::create_dir(&self.dir) {
             Ok(()) => {
-                File::create(self.dir.join("lock")).with_context(|| format!("creating {}", self.dir.display()))?;
+                let lock = self.dir.join("lock");
+                File::create(&lock).map_err(io(&lock))?;
                 Ok(())
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                bail!("container with id {:?} already exists", self.id())
-            }
-            Err(e) => Err(anyhow!("creating {}: {e}", self.dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(StateError::Exists(self.id())),
+            Err(e) => Err(io(&self.dir)(e)),
         }
     }
 
@@ -128,31 +170,33 @@ impl StateDir {
     }
 
     pub fn read(&self) -> Result<State> {
-        let bytes = fs::read(self.state_file()).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow!("container {:?} does not exist", self.id()),
-            _ => anyhow!("reading {}: {e}", self.state_file().display()),
+        let path = self.state_file();
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StateError::NotFound(self.id()),
+            _ => io(&path)(e),
         })?;
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", self.state_file().display()))
+        serde_json::from_slice(&bytes).map_err(|source| StateError::Parse { path, source })
     }
 
     /// Replace `state.json` atomically (temp file + rename), so readers never see half a file.
     pub fn write(&self, state: &State) -> Result<()> {
         let tmp = self.dir.join(".state.json.tmp");
-        let mut file = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        file.write_all(&serde_json::to_vec_pretty(state)?)?;
-        file.sync_all()?;
-        fs::rename(&tmp, self.state_file()).with_context(|| format!("renaming into {}", self.state_file().display()))
+        let bytes = serde_json::to_vec_pretty(state).expect("a state serializes");
+        let mut file = File::create(&tmp).map_err(io(&tmp))?;
+        file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(io(&tmp))?;
+        fs::rename(&tmp, self.state_file()).map_err(io(&self.state_file()))
     }
 
     /// Take the lock of an existing container; released when the returned file drops.
     pub fn lock_existing(&self) -> Result<File> {
-        let file = OpenOptions::new().write(true).open(self.dir.join("lock")).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow!("container {:?} does not exist", self.id()),
-            _ => anyhow!("container {:?}: {e}", self.id()),
+        let lock = self.dir.join("lock");
+        let file = OpenOptions::new().write(true).open(&lock).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StateError::NotFound(self.id()),
+            _ => io(&lock)(e),
         })?;
         // SAFETY: flock on an fd we own; it blocks until the lock is ours.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!("locking container {:?}: {}", self.id(), std::io::Error::last_os_error());
+            return Err(StateError::Lock { id: self.id(), source: std::io::Error::last_os_error() });
         }
         Ok(file)
     }
@@ -161,7 +205,7 @@ impl StateDir {
         match fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(anyhow!("removing {}: {e}", self.dir.display())),
+            Err(e) => Err(io(&self.dir)(e)),
         }
     }
 }

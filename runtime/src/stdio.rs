@@ -8,13 +8,12 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use hull_protocol::{StreamHeader, StreamKind, STDIO_PORT};
 
 use crate::vsock;
@@ -33,7 +32,11 @@ pub enum Endpoint {
 impl Endpoint {
     /// A FIFO path as containerd sends it; empty means none.
     pub fn fifo(path: &str) -> Endpoint {
-        if path.is_empty() { Endpoint::Null } else { Endpoint::Fifo(path.into()) }
+        if path.is_empty() {
+            Endpoint::Null
+        } else {
+            Endpoint::Fifo(path.into())
+        }
     }
 
     fn open(self, write: bool) -> io::Result<Option<File>> {
@@ -45,6 +48,16 @@ impl Endpoint {
     }
 }
 
+/// A stream of a container process that could not be connected.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting the container's {stream}: {source}")]
+pub struct StdioError {
+    pub stream: &'static str,
+    pub source: io::Error,
+}
+
+type Result<T> = std::result::Result<T, StdioError>;
+
 /// Output relays that are still running; [`Relays::finish`] waits for their EOFs.
 pub struct Relays {
     done: Receiver<()>,
@@ -55,22 +68,11 @@ pub struct Relays {
 
 /// Connect the three streams of a container's init (or of one of its execs) to the guest.
 fn connect(vsock_socket: &Path, container_id: &str, exec_id: Option<&str>, kind: StreamKind) -> Result<UnixStream> {
-    let mut conn = vsock::connect(vsock_socket, STDIO_PORT, Duration::from_secs(10))
-        .with_context(|| format!("connecting the container's {}", kind.as_str()))?;
+    let failed = |source| StdioError { stream: kind.as_str(), source };
+    let mut conn = vsock::connect(vsock_socket, STDIO_PORT, Duration::from_secs(10)).map_err(failed)?;
     let header = StreamHeader { container_id: container_id.into(), exec_id: exec_id.map(str::to_string), kind };
-    conn.write_all(header.to_string().as_bytes())?;
+    conn.write_all(header.to_string().as_bytes()).map_err(failed)?;
     Ok(conn)
-}
-
-/// Relay this process's own fds 0, 1 and 2.
-pub fn attach_own(vsock_socket: &Path, container_id: &str, exec_id: Option<&str>) -> Result<Relays> {
-    let dup = |fd: std::os::fd::BorrowedFd<'_>| -> Result<Endpoint> { Ok(Endpoint::Fd(fd.try_clone_to_owned()?)) };
-    attach(
-        vsock_socket,
-        container_id,
-        exec_id,
-        [dup(io::stdin().as_fd())?, dup(io::stdout().as_fd())?, dup(io::stderr().as_fd())?],
-    )
 }
 
 /// Start relaying `[stdin, stdout, stderr]`.
@@ -80,24 +82,31 @@ pub fn attach(vsock_socket: &Path, container_id: &str, exec_id: Option<&str>, en
     let stderr = connect(vsock_socket, container_id, exec_id, StreamKind::Stderr)?;
     let [local_in, local_out, local_err] = ends;
 
-    let stdin_handle = stdin.try_clone()?;
-    std::thread::Builder::new().name("stdin".into()).spawn(move || {
-        let mut conn = stdin;
-        if let Ok(Some(mut local)) = local_in.open(false) {
-            let _ = io::copy(&mut local, &mut conn);
-        }
-        // EOF from the host is the container's EOF on stdin.
-        let _ = conn.shutdown(Shutdown::Write);
-    })?;
+    let relay_error = |source| StdioError { stream: "relays", source };
+    let stdin_handle = stdin.try_clone().map_err(relay_error)?;
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut conn = stdin;
+            if let Ok(Some(mut local)) = local_in.open(false) {
+                let _ = io::copy(&mut local, &mut conn);
+            }
+            // EOF from the host is the container's EOF on stdin.
+            let _ = conn.shutdown(Shutdown::Write);
+        })
+        .map_err(relay_error)?;
 
     let (tx, done) = mpsc::channel();
     for (conn, local) in [(stdout, local_out), (stderr, local_err)] {
         let tx = tx.clone();
-        std::thread::Builder::new().name("output".into()).spawn(move || {
-            let out = local.open(true).ok().flatten();
-            drain(conn, out);
-            let _ = tx.send(());
-        })?;
+        std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || {
+                let out = local.open(true).ok().flatten();
+                drain(conn, out);
+                let _ = tx.send(());
+            })
+            .map_err(relay_error)?;
     }
     Ok(Relays { done, pending: 2, stdin: Some(stdin_handle) })
 }

@@ -11,25 +11,55 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use nix::pty::openpty;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
 
+#[derive(Debug, thiserror::Error)]
+pub enum TerminalError {
+    #[error("--console-socket needs a terminal, but process.terminal is false")]
+    SocketWithoutTerminal,
+    #[error("process.terminal is true: a detached container needs --console-socket to hand the terminal to")]
+    TerminalWithoutSocket,
+    #[error("{what}: {source}")]
+    Sys { what: &'static str, source: nix::Error },
+    #[error("--console-socket {}: {what}: {source}", path.display())]
+    Socket { path: std::path::PathBuf, what: &'static str, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+}
+
+type Result<T> = std::result::Result<T, TerminalError>;
+
+fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> TerminalError {
+    move |source| TerminalError::Sys { what, source }
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> TerminalError {
+    move |source| TerminalError::Io { what, source }
+}
+
 /// Make a pty, send its master to `console_socket`, and return the slave (in raw mode).
 pub fn send_pty_master(console_socket: &Path) -> Result<OwnedFd> {
-    let pty = openpty(None, None).context("allocating a terminal")?;
+    let pty = openpty(None, None).map_err(sys("allocating a terminal"))?;
     // Hooks and helpers we start later must not hold the terminal open.
     for fd in [&pty.master, &pty.slave] {
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+            .map_err(sys("setting close-on-exec"))?;
     }
     set_raw(pty.slave.as_fd())?;
-    let conn = UnixStream::connect(console_socket)
-        .with_context(|| format!("--console-socket {}: connecting", console_socket.display()))?;
+    let socket_error = |what, source| TerminalError::Socket { path: console_socket.to_path_buf(), what, source };
+    let conn = UnixStream::connect(console_socket).map_err(|e| socket_error("connecting", e))?;
     let name = nix::unistd::ttyname(&pty.slave).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let fds = [pty.master.as_raw_fd()];
-    sendmsg::<()>(conn.as_raw_fd(), &[IoSlice::new(name.as_bytes())], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-        .with_context(|| format!("--console-socket {}: sending the terminal", console_socket.display()))?;
+    sendmsg::<()>(
+        conn.as_raw_fd(),
+        &[IoSlice::new(name.as_bytes())],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| socket_error("sending the terminal", e.into()))?;
     Ok(pty.slave)
 }
 
@@ -51,10 +81,10 @@ pub fn size(tty: BorrowedFd<'_>) -> Option<(u16, u16)> {
 }
 
 fn set_raw(tty: BorrowedFd<'_>) -> Result<Termios> {
-    let saved = tcgetattr(tty).context("reading terminal attributes")?;
+    let saved = tcgetattr(tty).map_err(sys("reading terminal attributes"))?;
     let mut raw = saved.clone();
     cfmakeraw(&mut raw);
-    tcsetattr(tty, SetArg::TCSANOW, &raw).context("setting the terminal raw")?;
+    tcsetattr(tty, SetArg::TCSANOW, &raw).map_err(sys("setting the terminal raw"))?;
     Ok(saved)
 }
 
@@ -70,7 +100,7 @@ impl RawMode {
         if !nix::unistd::isatty(fd).unwrap_or(false) {
             return Ok(None);
         }
-        let fd = fd.try_clone_to_owned()?;
+        let fd = fd.try_clone_to_owned().map_err(io("duplicating the terminal"))?;
         let saved = set_raw(fd.as_fd())?;
         Ok(Some(RawMode { fd, saved }))
     }
@@ -110,33 +140,38 @@ impl Tty {
     }
 }
 
-/// Connect a process's streams: to its terminal when `terminal`, else to this process's stdio.
-pub fn attach(
-    vsock_socket: &Path,
-    container_id: &str,
-    exec_id: Option<&str>,
-    terminal: bool,
-    console: &Console,
-) -> Result<(crate::stdio::Relays, Option<Tty>)> {
-    use crate::stdio::{self, Endpoint};
-    let own = || std::io::stdin().as_fd().try_clone_to_owned();
-    let (ends, tty) = match (terminal, console) {
-        (false, Console::Socket(_)) => anyhow::bail!("--console-socket needs a terminal, but process.terminal is false"),
-        (false, _) => return Ok((stdio::attach_own(vsock_socket, container_id, exec_id)?, None)),
-        (true, Console::None) => {
-            anyhow::bail!("process.terminal is true: a detached container needs --console-socket to hand the terminal to")
-        }
+/// The host ends of a process's streams: its terminal when `terminal` (a pty sent to the
+/// console socket, or the caller's own terminal in raw mode), else this process's own stdio.
+/// The [`Tty`] is the terminal whose size the guest's mirrors.
+pub fn endpoints(terminal: bool, console: &Console) -> Result<([crate::stdio::Endpoint; 3], Option<Tty>)> {
+    use crate::stdio::Endpoint;
+    let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().map_err(io("duplicating a standard stream"));
+    let own = || -> Result<[Endpoint; 3]> {
+        Ok([
+            Endpoint::Fd(dup(std::io::stdin().as_fd())?),
+            Endpoint::Fd(dup(std::io::stdout().as_fd())?),
+            Endpoint::Fd(dup(std::io::stderr().as_fd())?),
+        ])
+    };
+    Ok(match (terminal, console) {
+        (false, Console::Socket(_)) => return Err(TerminalError::SocketWithoutTerminal),
+        (false, _) => (own()?, None),
+        (true, Console::None) => return Err(TerminalError::TerminalWithoutSocket),
         (true, Console::Socket(path)) => {
             let slave = send_pty_master(path)?;
             make_controlling(slave.as_fd());
-            let ends = [Endpoint::Fd(slave.try_clone()?), Endpoint::Fd(slave.try_clone()?), Endpoint::Null];
-            (ends, Tty { fd: slave, _raw: None })
+            let copy = || slave.try_clone().map_err(io("duplicating the terminal"));
+            let ends = [Endpoint::Fd(copy()?), Endpoint::Fd(copy()?), Endpoint::Null];
+            (ends, Some(Tty { fd: slave, _raw: None }))
         }
         (true, Console::Own) => {
             let raw = RawMode::enter(std::io::stdin().as_fd())?;
-            let ends = [Endpoint::Fd(own()?), Endpoint::Fd(std::io::stdout().as_fd().try_clone_to_owned()?), Endpoint::Null];
-            (ends, Tty { fd: own()?, _raw: raw })
+            let ends = [
+                Endpoint::Fd(dup(std::io::stdin().as_fd())?),
+                Endpoint::Fd(dup(std::io::stdout().as_fd())?),
+                Endpoint::Null,
+            ];
+            (ends, Some(Tty { fd: dup(std::io::stdin().as_fd())?, _raw: raw }))
         }
-    };
-    Ok((stdio::attach(vsock_socket, container_id, exec_id, ends)?, Some(tty)))
+    })
 }

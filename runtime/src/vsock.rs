@@ -18,7 +18,10 @@ pub fn connect(uds: &Path, port: u32, timeout: Duration) -> io::Result<UnixStrea
     let mut byte = [0u8; 1];
     loop {
         if stream.read(&mut byte)? == 0 {
-            return Err(io::Error::new(io::ErrorKind::ConnectionRefused, format!("guest port {port} refused the connection")));
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("guest port {port} refused the connection"),
+            ));
         }
         if byte[0] == b'\n' {
             break;

@@ -37,7 +37,11 @@ impl ConsoleSocket {
 
     /// The master, once hull sent it.
     pub fn master(&self) -> Terminal {
-        Terminal { master: std::fs::File::from(self.master.recv_timeout(Duration::from_secs(60)).expect("no terminal was sent")) }
+        Terminal {
+            master: std::fs::File::from(
+                self.master.recv_timeout(Duration::from_secs(60)).expect("no terminal was sent"),
+            ),
+        }
     }
 }
 
@@ -52,7 +56,11 @@ impl Terminal {
         let mut seen = Vec::new();
         let fd = self.master.as_raw_fd();
         while !String::from_utf8_lossy(&seen).contains(needle) {
-            assert!(Instant::now() < deadline, "terminal never showed {needle:?}; got {:?}", String::from_utf8_lossy(&seen));
+            assert!(
+                Instant::now() < deadline,
+                "terminal never showed {needle:?}; got {:?}",
+                String::from_utf8_lossy(&seen)
+            );
             let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
             // SAFETY: poll on one pollfd we own, for 100 ms.
             if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {

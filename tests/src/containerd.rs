@@ -28,7 +28,12 @@ pub struct Containerd {
 
 fn cni_netns() -> Vec<String> {
     fs::read_dir("/run/netns")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("cni-")).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("cni-"))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -95,7 +100,13 @@ impl Containerd {
     /// `ctr` that must succeed; returns its stdout.
     pub fn ctr_ok(&self, args: &[&str]) -> String {
         let out = self.ctr(args);
-        assert!(out.status.success(), "ctr {args:?}: {}{}\nshim log:\n{}", text(&out.stdout), text(&out.stderr), self.shim_log());
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}{}\nshim log:\n{}",
+            text(&out.stdout),
+            text(&out.stderr),
+            self.shim_log()
+        );
         text(&out.stdout)
     }
 
@@ -132,7 +143,8 @@ impl Containerd {
             if pid == self.child.id() {
                 continue;
             }
-            let cmdline = String::from_utf8_lossy(&fs::read(entry.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
+            let cmdline =
+                String::from_utf8_lossy(&fs::read(entry.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
             let sandbox_process = cmdline.contains("/run/hull/shim/");
             if (cmdline.contains(&needle) && cmdline.contains("containerd-shim-hull")) || sandbox_process {
                 found.push(format!("process {pid}: {cmdline}"));
@@ -140,7 +152,10 @@ impl Containerd {
         }
         let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         found.extend(
-            mounts.lines().filter(|l| l.contains("/run/hull/shim") || (l.contains(&needle) && l.contains("rootfs"))).map(|l| format!("mount: {l}")),
+            mounts
+                .lines()
+                .filter(|l| l.contains("/run/hull/shim") || (l.contains(&needle) && l.contains("rootfs")))
+                .map(|l| format!("mount: {l}")),
         );
         found.extend(cni_netns().into_iter().filter(|n| !self.netns_before.contains(n)).map(|n| format!("netns: {n}")));
         if let Ok(entries) = fs::read_dir("/run/hull/shim") {
@@ -161,7 +176,11 @@ impl Containerd {
                 "left behind:\n{}\nshim log:\n{}\ncontainerd log (shim lines):\n{}",
                 left.join("\n"),
                 self.shim_log(),
-                self.log().lines().filter(|l| l.contains("shim") || l.contains("cleanup")).collect::<Vec<_>>().join("\n")
+                self.log()
+                    .lines()
+                    .filter(|l| l.contains("shim") || l.contains("cleanup"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
             std::thread::sleep(Duration::from_millis(100));
         }

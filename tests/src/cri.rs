@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerStatus, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse,
-    ImageSpec, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    ImageSpec, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -53,7 +53,10 @@ impl Cri {
         Cri { rt, client: RuntimeServiceClient::new(channel), log_dir: log_dir.to_path_buf() }
     }
 
-    fn call<T>(&mut self, f: impl AsyncFnOnce(&mut RuntimeServiceClient<Channel>) -> Result<tonic::Response<T>, tonic::Status>) -> Result<T, tonic::Status> {
+    fn call<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut RuntimeServiceClient<Channel>) -> Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<T, tonic::Status> {
         let client = &mut self.client;
         self.rt.block_on(f(client)).map(|r| r.into_inner())
     }
@@ -68,7 +71,12 @@ impl Cri {
         let log_directory = self.log_dir.join(name);
         std::fs::create_dir_all(&log_directory).unwrap();
         let config = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "default".into(), attempt: 0 }),
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
             hostname: name.into(),
             log_directory: log_directory.to_string_lossy().into_owned(),
             linux: Some(LinuxPodSandboxConfig {
@@ -103,7 +111,9 @@ impl Cri {
             args: spec.args.iter().map(|a| a.to_string()).collect(),
             log_path: format!("{}.log", spec.name),
             linux: Some(LinuxContainerConfig {
-                resources: spec.memory_limit.map(|m| LinuxContainerResources { memory_limit_in_bytes: m, ..Default::default() }),
+                resources: spec
+                    .memory_limit
+                    .map(|m| LinuxContainerResources { memory_limit_in_bytes: m, ..Default::default() }),
                 // The kubelet gives each container the pod's namespace choices.
                 security_context: Some(LinuxContainerSecurityContext {
                     namespace_options: pod
@@ -130,7 +140,11 @@ impl Cri {
     }
 
     pub fn exec_sync(&mut self, container: &str, cmd: &[&str]) -> ExecSyncResponse {
-        let request = ExecSyncRequest { container_id: container.into(), cmd: cmd.iter().map(|a| a.to_string()).collect(), timeout: 60 };
+        let request = ExecSyncRequest {
+            container_id: container.into(),
+            cmd: cmd.iter().map(|a| a.to_string()).collect(),
+            timeout: 60,
+        };
         self.call(async move |c| c.exec_sync(request).await).expect("ExecSync")
     }
 
@@ -151,7 +165,8 @@ impl Cri {
     /// CRI's ContainerStats: `(memory working set bytes, cpu usage core-nanoseconds)`.
     pub fn container_stats(&mut self, container: &str) -> (u64, u64) {
         let request = k8s_cri::v1::ContainerStatsRequest { container_id: container.into() };
-        let stats = self.call(async move |c| c.container_stats(request).await).expect("ContainerStats").stats.expect("stats");
+        let stats =
+            self.call(async move |c| c.container_stats(request).await).expect("ContainerStats").stats.expect("stats");
         let memory = stats.memory.and_then(|m| m.working_set_bytes).map(|v| v.value).unwrap_or(0);
         let cpu = stats.cpu.and_then(|c| c.usage_core_nano_seconds).map(|v| v.value).unwrap_or(0);
         (memory, cpu)

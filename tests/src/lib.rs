@@ -171,7 +171,8 @@ impl Drop for Env {
         if let Ok(entries) = fs::read_dir(&self.root) {
             for entry in entries.flatten() {
                 let id = entry.file_name().to_string_lossy().into_owned();
-                let _ = self.hull().args(["delete", "--force", &id]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+                let _ =
+                    self.hull().args(["delete", "--force", &id]).stdout(Stdio::null()).stderr(Stdio::null()).status();
             }
         }
         let _ = fs::remove_dir_all(&self.dir);
@@ -200,7 +201,10 @@ impl Bundle {
 }
 
 fn busybox() -> &'static str {
-    ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).expect("busybox-static is installed")
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed")
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -209,5 +213,8 @@ pub fn text(bytes: &[u8]) -> String {
 
 /// Run a shell `command` on a pty of the given size (`script`), as from a user's terminal.
 pub fn in_a_terminal(cols: u16, rows: u16, command: &str) -> Output {
-    Command::new("script").args(["-qec", &format!("stty cols {cols} rows {rows}; {command}"), "/dev/null"]).output().unwrap()
+    Command::new("script")
+        .args(["-qec", &format!("stty cols {cols} rows {rows}; {command}"), "/dev/null"])
+        .output()
+        .unwrap()
 }

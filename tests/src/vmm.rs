@@ -32,7 +32,15 @@ pub fn synthetic_guest() -> &'static Path {
         let tmp = out_dir.join(format!("guest.elf.{}", std::process::id()));
         let status = Command::new("gcc")
             .args(["-O2", "-ffreestanding", "-fno-pic", "-fno-pie", "-no-pie", "-nostdlib", "-nostartfiles"])
-            .args(["-fno-stack-protector", "-fno-builtin", "-mgeneral-regs-only", "-mno-red-zone", "-static", "-Wall", "-Werror"])
+            .args([
+                "-fno-stack-protector",
+                "-fno-builtin",
+                "-mgeneral-regs-only",
+                "-mno-red-zone",
+                "-static",
+                "-Wall",
+                "-Werror",
+            ])
             .arg(format!("-Wl,-T,{}", src.join("link.ld").display()))
             .args(["-Wl,--build-id=none", "-Wl,-z,noexecstack", "-Wl,--no-warn-rwx-segments", "-o"])
             .arg(&tmp)
@@ -91,7 +99,11 @@ impl Vm {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("hull-vmm exited ({status}) before {needle:?}\nconsole:\n{}\nlog:\n{}", self.console_text(), self.stderr_text());
+                panic!(
+                    "hull-vmm exited ({status}) before {needle:?}\nconsole:\n{}\nlog:\n{}",
+                    self.console_text(),
+                    self.stderr_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -108,15 +120,17 @@ impl Vm {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
-        panic!("hull-vmm did not exit within {timeout:?}\nconsole:\n{}\nlog:\n{}", self.console_text(), self.stderr_text());
+        panic!(
+            "hull-vmm did not exit within {timeout:?}\nconsole:\n{}\nlog:\n{}",
+            self.console_text(),
+            self.stderr_text()
+        );
     }
 
     /// A field of /proc/<pid>/status, in kB for the memory ones.
     pub fn status_field(&self, field: &str) -> Option<String> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
+        status.lines().find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
     }
 }
 

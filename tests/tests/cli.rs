@@ -99,9 +99,7 @@ fn hooks_run_in_order_with_state_on_stdin() {
     let env = Env::new("hooks");
     let b = env.bundle("b", &["sh", "-c", "cat /tmp/started-in-guest"]);
     let order = env.dir.join("order");
-    let host_hook = |name: &str| {
-        serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r state; echo \"{name} $state\" >> {}", order.display())]})
-    };
+    let host_hook = |name: &str| serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r state; echo \"{name} $state\" >> {}", order.display())]});
     b.edit(|c| {
         c["root"]["readonly"] = false.into();
         c["hooks"] = serde_json::json!({
@@ -119,7 +117,8 @@ fn hooks_run_in_order_with_state_on_stdin() {
     let lines = std::fs::read_to_string(&order).unwrap();
     let names: Vec<&str> = lines.lines().map(|l| l.split(' ').next().unwrap()).collect();
     assert_eq!(names, ["prestart", "createRuntime", "poststart", "poststop"], "{lines}");
-    let state: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap().split_once(' ').unwrap().1).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(lines.lines().next().unwrap().split_once(' ').unwrap().1).unwrap();
     assert_eq!(state["id"], "c1");
     assert_eq!(state["bundle"], b.path());
     env.assert_clean();
@@ -130,7 +129,8 @@ fn a_failing_create_runtime_hook_fails_create_and_leaves_nothing() {
     let env = Env::new("hookfail");
     let b = env.bundle("b", &["true"]);
     b.edit(|c| {
-        c["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 3"]}]});
+        c["hooks"] =
+            serde_json::json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 3"]}]});
     });
     let out = env.hull_detached(&["create", "--bundle", b.path(), "c1"]);
     assert!(!out.status.success());
@@ -225,14 +225,19 @@ fn the_vm_grows_to_fit_the_containers_limits() {
     let b = env.bundle("b", &["sh", "-c", "grep MemTotal /proc/meminfo; nproc"]);
     let host_cpus = std::thread::available_parallelism().unwrap().get().min(2);
     b.edit(|c| {
-        c["linux"]["resources"] = serde_json::json!({"memory": {"limit": 1i64 << 30}, "cpu": {"quota": 200000, "period": 100000}});
+        c["linux"]["resources"] =
+            serde_json::json!({"memory": {"limit": 1i64 << 30}, "cpu": {"quota": 200000, "period": 100000}});
     });
     let out = env.hull_out(&["run", "--bundle", b.path(), "big"]);
     assert!(out.status.success(), "run: {}", text(&out.stderr));
     let shown = text(&out.stdout);
     let kib: u64 = shown.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
     assert!(kib > 1000 * 1024, "a 1 GiB limit needs a VM bigger than 1 GiB: {shown}");
-    assert_eq!(shown.lines().nth(1), Some(host_cpus.to_string().as_str()), "a quota of 2 CPUs gets 2 vCPUs (or all the host has): {shown}");
+    assert_eq!(
+        shown.lines().nth(1),
+        Some(host_cpus.to_string().as_str()),
+        "a quota of 2 CPUs gets 2 vCPUs (or all the host has): {shown}"
+    );
     env.assert_clean();
 }
 
@@ -240,7 +245,19 @@ fn the_vm_grows_to_fit_the_containers_limits() {
 fn runc_flags_are_accepted_or_refused_clearly() {
     let env = Env::new("flags");
     let b = env.bundle("b", &["sh", "-c", "echo ran; exit 3"]);
-    let out = env.hull_out(&["--systemd-cgroup", "run", "--no-pivot", "--no-new-keyring", "--preserve-fds", "0", "--no-subreaper", "--keep", "--bundle", b.path(), "k"]);
+    let out = env.hull_out(&[
+        "--systemd-cgroup",
+        "run",
+        "--no-pivot",
+        "--no-new-keyring",
+        "--preserve-fds",
+        "0",
+        "--no-subreaper",
+        "--keep",
+        "--bundle",
+        b.path(),
+        "k",
+    ]);
     assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(3), "ran\n"), "stderr: {}", text(&out.stderr));
     // --keep: the stopped container stays until deleted.
     let state = text(&env.hull_out(&["state", "k"]).stdout);
@@ -260,7 +277,10 @@ fn runc_flags_are_accepted_or_refused_clearly() {
     assert!(env.hull_detached(&["run", "-d", "--bundle", s.path(), "x"]).status.success());
     let out = env.hull_out(&["exec", "-g", "10", "-g", "20", "x", "id", "-G"]);
     let groups = text(&out.stdout);
-    assert!(groups.split_whitespace().any(|g| g == "10") && groups.split_whitespace().any(|g| g == "20"), "exec -g: {groups}");
+    assert!(
+        groups.split_whitespace().any(|g| g == "10") && groups.split_whitespace().any(|g| g == "20"),
+        "exec -g: {groups}"
+    );
     let out = env.hull_out(&["exec", "--preserve-fds", "1", "x", "true"]);
     assert!(!out.status.success() && text(&out.stderr).contains("--preserve-fds"), "{}", text(&out.stderr));
     assert!(env.hull_out(&["delete", "--force", "x"]).status.success());

@@ -32,7 +32,17 @@ fn wait_for_status(c: &Containerd, id: &str, status: &str) {
 #[test]
 fn ctr_run_prints_stdout_returns_the_exit_code_and_pipes_stdin() {
     let c = setup("ctr-run");
-    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "r1", "sh", "-c", "echo hello from a VM; echo oops >&2; exit 3"]);
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "r1",
+        "sh",
+        "-c",
+        "echo hello from a VM; echo oops >&2; exit 3",
+    ]);
     assert_eq!(text(&out.stdout), "hello from a VM\n", "stderr: {}\nshim log:\n{}", text(&out.stderr), c.shim_log());
     assert!(text(&out.stderr).contains("oops"), "stderr: {}", text(&out.stderr));
     assert_eq!(out.status.code(), Some(3));
@@ -64,8 +74,23 @@ fn ctr_exec_ids_can_be_reused_after_the_exec_is_gone() {
     c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, "x1", "sleep", "600"]);
     wait_for_status(&c, "x1", "RUNNING");
     for round in 0..3 {
-        let out = c.ctr(&["task", "exec", "--exec-id", "probe", "x1", "sh", "-c", &format!("echo round {round}; exit {round}")]);
-        assert_eq!(text(&out.stdout), format!("round {round}\n"), "stderr: {}\nshim log:\n{}", text(&out.stderr), c.shim_log());
+        let out = c.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "probe",
+            "x1",
+            "sh",
+            "-c",
+            &format!("echo round {round}; exit {round}"),
+        ]);
+        assert_eq!(
+            text(&out.stdout),
+            format!("round {round}\n"),
+            "stderr: {}\nshim log:\n{}",
+            text(&out.stderr),
+            c.shim_log()
+        );
         assert_eq!(out.status.code(), Some(round));
     }
     c.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "x1"]);
@@ -86,9 +111,27 @@ fn ctr_read_only_volume_is_read_only_on_the_host() {
     std::fs::write(vol.join("data"), "original").unwrap();
     let mount = format!("type=bind,src={},dst=/vol,options=rbind:ro", vol.display());
     let script = "mount -o remount,rw,bind /vol && echo REMOUNTED; echo changed > /vol/data 2>&1 || echo WRITE-REFUSED";
-    let out = c.ctr(&["run", "--rm", "--privileged", "--mount", &mount, "--runtime", RUNTIME, IMAGE, "ro1", "sh", "-c", script]);
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--privileged",
+        "--mount",
+        &mount,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "ro1",
+        "sh",
+        "-c",
+        script,
+    ]);
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("REMOUNTED") && stdout.contains("WRITE-REFUSED"), "{stdout}\n{}\nshim log:\n{}", text(&out.stderr), c.shim_log());
+    assert!(
+        stdout.contains("REMOUNTED") && stdout.contains("WRITE-REFUSED"),
+        "{stdout}\n{}\nshim log:\n{}",
+        text(&out.stderr),
+        c.shim_log()
+    );
     assert_eq!(std::fs::read_to_string(vol.join("data")).unwrap(), "original");
     let _ = std::fs::remove_dir_all(&vol);
     c.assert_clean();
@@ -102,7 +145,8 @@ fn ctr_task_exec_ps_pause_resume_kill_delete_with_events() {
     c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, "t1", "sh", "-c", "echo $$ > /tmp/init.pid; sleep 600"]);
     wait_for_status(&c, "t1", "RUNNING");
 
-    let out = c.ctr(&["task", "exec", "--exec-id", "x1", "t1", "sh", "-c", "echo exec says hi; cat /tmp/init.pid; exit 5"]);
+    let out =
+        c.ctr(&["task", "exec", "--exec-id", "x1", "t1", "sh", "-c", "echo exec says hi; cat /tmp/init.pid; exit 5"]);
     assert_eq!(out.status.code(), Some(5), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "exec says hi\n1\n", "the exec must see the init's files and pid namespace");
 
@@ -133,10 +177,22 @@ fn ctr_task_exec_ps_pause_resume_kill_delete_with_events() {
     let _ = events.kill();
     let out = events.wait_with_output().unwrap();
     let log = text(&out.stdout);
-    for topic in ["/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started", "/tasks/paused", "/tasks/resumed", "/tasks/exit", "/tasks/delete"] {
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
         assert!(log.contains(topic), "no {topic} event in:\n{log}");
     }
-    assert!(log.contains(r#""exit_status":5"#) && log.contains(r#""exit_status":137"#), "exit statuses in events:\n{log}");
+    assert!(
+        log.contains(r#""exit_status":5"#) && log.contains(r#""exit_status":137"#),
+        "exit statuses in events:\n{log}"
+    );
 }
 
 #[test]
@@ -144,7 +200,10 @@ fn killing_the_vmm_or_the_shim_ends_the_task_without_leftovers() {
     let c = setup("ctr-crash");
     c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, "v1", "sleep", "600"]);
     wait_for_status(&c, "v1", "RUNNING");
-    let killed = std::process::Command::new("pkill").args(["-KILL", "-f", "qemu-system-x86_64.*/run/hull/shim/"]).status().unwrap();
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", "qemu-system-x86_64.*/run/hull/shim/"])
+        .status()
+        .unwrap();
     assert!(killed.success(), "no VMM found to kill");
     wait_for_status(&c, "v1", "STOPPED");
     let out = c.ctr(&["task", "delete", "v1"]);
@@ -154,7 +213,10 @@ fn killing_the_vmm_or_the_shim_ends_the_task_without_leftovers() {
 
     c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, "s1", "sleep", "600"]);
     wait_for_status(&c, "s1", "RUNNING");
-    let killed = std::process::Command::new("pkill").args(["-KILL", "-f", "containerd-shim-hull-v2.* -id s1 "]).status().unwrap();
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", "containerd-shim-hull-v2.* -id s1 "])
+        .status()
+        .unwrap();
     assert!(killed.success(), "no shim found to kill");
     // containerd notices the dead shim, runs `delete` and forgets the task.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -170,7 +232,11 @@ fn killing_the_vmm_or_the_shim_ends_the_task_without_leftovers() {
 fn ctr_run_and_exec_with_a_tty_mirror_the_window_size() {
     let c = setup("ctr-tty");
     let ctr = format!("ctr --address {}", c.socket.display());
-    let out = in_a_terminal(99, 33, &format!("{ctr} run -t --rm --runtime {RUNTIME} {IMAGE} tt1 sh -c 'tty; stty size; exit 6'"));
+    let out = in_a_terminal(
+        99,
+        33,
+        &format!("{ctr} run -t --rm --runtime {RUNTIME} {IMAGE} tt1 sh -c 'tty; stty size; exit 6'"),
+    );
     let shown = text(&out.stdout);
     assert!(shown.contains("/dev/pts/") && shown.contains("33 99"), "run -t: {shown:?}\nshim log:\n{}", c.shim_log());
     assert_eq!(out.status.code(), Some(6));

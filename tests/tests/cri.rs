@@ -48,15 +48,21 @@ fn a_pod_is_one_vm_whose_containers_share_its_network_and_pid_namespace() {
     let pod = cri.run_pod("web", true).unwrap_or_else(|e| panic!("RunPodSandbox: {e}\nshim log:\n{}", c.shim_log()));
     assert_eq!(vm_count(), 1, "RunPodSandbox boots exactly one VM");
     let web = cri
-        .start_container(&pod, ContainerSpec {
-            name: "httpd",
-            image: IMAGE,
-            args: &["sh", "-c", "mkdir -p /www && echo pod-ok > /www/hello && exec httpd -f -p 8080 -h /www"],
-            ..Default::default()
-        })
+        .start_container(
+            &pod,
+            ContainerSpec {
+                name: "httpd",
+                image: IMAGE,
+                args: &["sh", "-c", "mkdir -p /www && echo pod-ok > /www/hello && exec httpd -f -p 8080 -h /www"],
+                ..Default::default()
+            },
+        )
         .unwrap_or_else(|e| panic!("CreateContainer: {e}\nshim log:\n{}", c.shim_log()));
     let client = cri
-        .start_container(&pod, ContainerSpec { name: "client", image: IMAGE, args: &["sleep", "601"], ..Default::default() })
+        .start_container(
+            &pod,
+            ContainerSpec { name: "client", image: IMAGE, args: &["sleep", "601"], ..Default::default() },
+        )
         .unwrap();
     assert_eq!(vm_count(), 1, "the pod's containers join its VM");
 
@@ -78,12 +84,18 @@ fn a_pod_is_one_vm_whose_containers_share_its_network_and_pid_namespace() {
     // CNI gave the pod an address on the host bridge, and the VM answers on it.
     let ip = cri.pod_ip(&pod);
     assert!(ip.starts_with("10.201.0."), "pod ip {ip:?}");
-    let out = std::process::Command::new("curl").args(["-s", "--max-time", "10", &format!("http://{ip}:8080/hello")]).output().unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", &format!("http://{ip}:8080/hello")])
+        .output()
+        .unwrap();
     assert_eq!(text(&out.stdout), "pod-ok\n", "curl from the host via {CNI_BRIDGE}");
     // …and from a runc pod on the same CNI network.
     let neighbour = cri.run_pod_with("neighbour", "runc", true).unwrap_or_else(|e| panic!("runc RunPodSandbox: {e}"));
     let fetcher = cri
-        .start_container(&neighbour, ContainerSpec { name: "fetcher", image: IMAGE, args: &["sleep", "600"], ..Default::default() })
+        .start_container(
+            &neighbour,
+            ContainerSpec { name: "fetcher", image: IMAGE, args: &["sleep", "600"], ..Default::default() },
+        )
         .unwrap();
     let out = cri.exec_sync(&fetcher, &["wget", "-qO-", &format!("http://{ip}:8080/hello")]);
     assert_eq!(text(&out.stdout), "pod-ok\n", "a runc pod fetching from the hull pod: {}", text(&out.stderr));
@@ -102,10 +114,16 @@ fn separate_pid_namespaces_exit_codes_and_oom_killed() {
     let (c, mut cri) = setup("cri-status");
     let pod = cri.run_pod("jobs", false).unwrap_or_else(|e| panic!("RunPodSandbox: {e}\nshim log:\n{}", c.shim_log()));
     let sleeper = cri
-        .start_container(&pod, ContainerSpec { name: "sleeper", image: IMAGE, args: &["sleep", "603"], ..Default::default() })
+        .start_container(
+            &pod,
+            ContainerSpec { name: "sleeper", image: IMAGE, args: &["sleep", "603"], ..Default::default() },
+        )
         .unwrap();
     let looker = cri
-        .start_container(&pod, ContainerSpec { name: "looker", image: IMAGE, args: &["sleep", "604"], ..Default::default() })
+        .start_container(
+            &pod,
+            ContainerSpec { name: "looker", image: IMAGE, args: &["sleep", "604"], ..Default::default() },
+        )
         .unwrap();
     let ps = text(&cri.exec_sync(&looker, &["ps", "-o", "args"]).stdout);
     assert!(!ps.contains("sleep 603"), "pid namespaces are per container here, but ps shows:\n{ps}");
@@ -121,21 +139,32 @@ fn separate_pid_namespaces_exit_codes_and_oom_killed() {
     assert_eq!(text(&out.stdout).trim(), (64u64 << 20).to_string(), "stderr: {}", text(&out.stderr));
 
     let exits = cri
-        .start_container(&pod, ContainerSpec { name: "exits", image: IMAGE, args: &["sh", "-c", "exit 7"], ..Default::default() })
+        .start_container(
+            &pod,
+            ContainerSpec { name: "exits", image: IMAGE, args: &["sh", "-c", "exit 7"], ..Default::default() },
+        )
         .unwrap();
     let status = wait_exited(&mut cri, &exits);
     assert_eq!((status.exit_code, status.reason.as_str()), (7, "Error"), "{status:?}");
 
     let hog = cri
-        .start_container(&pod, ContainerSpec {
-            name: "hog",
-            image: IMAGE,
-            args: &["dd", "if=/dev/zero", "of=/dev/null", "bs=96M", "count=1"],
-            memory_limit: Some(32 << 20),
-        })
+        .start_container(
+            &pod,
+            ContainerSpec {
+                name: "hog",
+                image: IMAGE,
+                args: &["dd", "if=/dev/zero", "of=/dev/null", "bs=96M", "count=1"],
+                memory_limit: Some(32 << 20),
+            },
+        )
         .unwrap();
     let status = wait_exited(&mut cri, &hog);
-    assert_eq!((status.exit_code, status.reason.as_str()), (137, "OOMKilled"), "{status:?}\nshim log:\n{}", c.shim_log());
+    assert_eq!(
+        (status.exit_code, status.reason.as_str()),
+        (137, "OOMKilled"),
+        "{status:?}\nshim log:\n{}",
+        c.shim_log()
+    );
 
     cri.remove_container(&exits);
     cri.remove_pod(&pod);
@@ -146,9 +175,16 @@ fn separate_pid_namespaces_exit_codes_and_oom_killed() {
 fn killing_a_pods_vmm_or_shim_ends_its_containers() {
     let (c, mut cri) = setup("cri-crash");
     let pod = cri.run_pod("doomed", true).unwrap_or_else(|e| panic!("RunPodSandbox: {e}\nshim log:\n{}", c.shim_log()));
-    let a = cri.start_container(&pod, ContainerSpec { name: "a", image: IMAGE, args: &["sleep", "605"], ..Default::default() }).unwrap();
-    let b = cri.start_container(&pod, ContainerSpec { name: "b", image: IMAGE, args: &["sleep", "606"], ..Default::default() }).unwrap();
-    let killed = std::process::Command::new("pkill").args(["-KILL", "-f", "qemu-system-x86_64.*/run/hull/shim/"]).status().unwrap();
+    let a = cri
+        .start_container(&pod, ContainerSpec { name: "a", image: IMAGE, args: &["sleep", "605"], ..Default::default() })
+        .unwrap();
+    let b = cri
+        .start_container(&pod, ContainerSpec { name: "b", image: IMAGE, args: &["sleep", "606"], ..Default::default() })
+        .unwrap();
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", "qemu-system-x86_64.*/run/hull/shim/"])
+        .status()
+        .unwrap();
     assert!(killed.success(), "no VMM found to kill");
     for id in [&a, &b] {
         let status = wait_exited(&mut cri, id);
@@ -158,8 +194,13 @@ fn killing_a_pods_vmm_or_shim_ends_its_containers() {
     c.assert_clean();
 
     let pod = cri.run_pod("orphaned", true).unwrap();
-    let a = cri.start_container(&pod, ContainerSpec { name: "a", image: IMAGE, args: &["sleep", "607"], ..Default::default() }).unwrap();
-    let killed = std::process::Command::new("pkill").args(["-KILL", "-f", &format!("containerd-shim-hull-v2 .* -id {} ", pod.id)]).status().unwrap();
+    let a = cri
+        .start_container(&pod, ContainerSpec { name: "a", image: IMAGE, args: &["sleep", "607"], ..Default::default() })
+        .unwrap();
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &format!("containerd-shim-hull-v2 .* -id {} ", pod.id)])
+        .status()
+        .unwrap();
     assert!(killed.success(), "no shim found to kill");
     wait_exited(&mut cri, &a);
     cri.remove_pod(&pod);

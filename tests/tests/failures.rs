@@ -158,10 +158,13 @@ fn tmpcopyup_over_a_non_empty_directory_names_the_field() {
     let b = env.bundle("b", &["true"]);
     std::fs::write(b.rootfs().join("etc/motd"), "image content\n").unwrap();
     b.edit(|c| {
-        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({"destination": "/etc", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup"]}));
+        c["mounts"].as_array_mut().unwrap().push(
+            serde_json::json!({"destination": "/etc", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup"]}),
+        );
     });
     let index = {
-        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(b.dir.join("config.json")).unwrap()).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(b.dir.join("config.json")).unwrap()).unwrap();
         config["mounts"].as_array().unwrap().len() - 1
     };
     expect_error(&env, &["run", "--bundle", b.path(), "c"], &format!("mounts[{index}].options"));
@@ -195,7 +198,11 @@ fn malformed_process_json_names_the_file() {
     assert!(!out.status.success() && text(&out.stderr).contains("process.json"), "{}", text(&out.stderr));
     std::fs::write(&bad, r#"{"args": "sh", "cwd": "/"}"#).unwrap();
     let out = env.hull_out(&["exec", "--process", bad.to_str().unwrap(), "x"]);
-    assert!(!out.status.success() && text(&out.stderr).contains("args"), "a wrongly typed field is named: {}", text(&out.stderr));
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("args"),
+        "a wrongly typed field is named: {}",
+        text(&out.stderr)
+    );
     assert!(env.hull_out(&["delete", "--force", "x"]).status.success());
     env.assert_clean();
 }

@@ -143,12 +143,27 @@ fn exec_runs_in_the_container_with_stdio_env_and_status() {
     assert!(out.status.success(), "run -d: {}", text(&out.stderr));
 
     let out = env.hull_out(&["exec", "c1", "sh", "-c", "echo out; echo err >&2; exit 3"]);
-    assert_eq!((text(&out.stdout).as_str(), text(&out.stderr).as_str(), out.status.code()), ("out\n", "err\n", Some(3)));
+    assert_eq!(
+        (text(&out.stdout).as_str(), text(&out.stderr).as_str(), out.status.code()),
+        ("out\n", "err\n", Some(3))
+    );
 
     let out = env.hull_with_input(&["exec", "c1", "cat"], b"through stdin\n");
     assert_eq!(text(&out.stdout), "through stdin\n");
 
-    let out = env.hull_out(&["exec", "-e", "GREETING=hi", "--cwd", "/tmp", "-u", "1000:1000", "c1", "sh", "-c", "echo $GREETING; pwd; id -u"]);
+    let out = env.hull_out(&[
+        "exec",
+        "-e",
+        "GREETING=hi",
+        "--cwd",
+        "/tmp",
+        "-u",
+        "1000:1000",
+        "c1",
+        "sh",
+        "-c",
+        "echo $GREETING; pwd; id -u",
+    ]);
     assert_eq!(text(&out.stdout), "hi\n/tmp\n1000\n", "stderr: {}", text(&out.stderr));
 
     // The exec sees the init's pid namespace: `sleep 300` is there.

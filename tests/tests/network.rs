@@ -135,7 +135,10 @@ fn guest_gets_the_veth_mac_mtu_and_routes() {
     let net = Net::new("conf", 2);
     sh(&format!("ip netns exec {} ip link set eth0 mtu 1400", net.ns));
     let mac = sh(&format!("ip netns exec {} cat /sys/class/net/eth0/address", net.ns)).trim().to_string();
-    let b = env.bundle("b", &["sh", "-c", "cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu; ip route; ip addr show eth0"]);
+    let b = env.bundle(
+        "b",
+        &["sh", "-c", "cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu; ip route; ip addr show eth0"],
+    );
     join_netns(&b, &net.path());
     let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
     let stdout = text(&out.stdout);

@@ -36,7 +36,15 @@ impl Podman {
         // The image: a busybox rootfs, imported from a tarball.
         let b = env.bundle("image", &["true"]);
         let tar = env.dir.join("rootfs.tar");
-        assert!(Command::new("tar").arg("-C").arg(b.rootfs()).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
+        assert!(Command::new("tar")
+            .arg("-C")
+            .arg(b.rootfs())
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap()
+            .success());
         let out = Command::new("podman").args(["import", tar.to_str().unwrap(), IMAGE]).output().unwrap();
         assert!(out.status.success(), "podman import: {}", text(&out.stderr));
         Podman { runtime: wrapper.to_str().unwrap().to_string(), env }
@@ -72,7 +80,20 @@ fn podman_run_exit_codes_detach_logs_exec_stop_rm() {
     assert_eq!(out.status.code(), Some(42), "stderr: {}", text(&out.stderr));
 
     let _ = p.run(&["rm", "-f", "hull-e2e-web"]);
-    let out = p.run(&["run", "-d", "--name", "hull-e2e-web", "--hostname", "vmhost", "-e", "GREETING=hi", IMAGE, "sh", "-c", "echo started; sleep 300"]);
+    let out = p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "hull-e2e-web",
+        "--hostname",
+        "vmhost",
+        "-e",
+        "GREETING=hi",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo started; sleep 300",
+    ]);
     assert!(out.status.success(), "run -d: {}", text(&out.stderr));
     std::thread::sleep(Duration::from_secs(1));
     let out = p.run(&["logs", "hull-e2e-web"]);
@@ -95,7 +116,8 @@ fn podman_run_exit_codes_detach_logs_exec_stop_rm() {
 fn podman_run_and_exec_with_a_terminal() {
     let p = Podman::new("podman-tty");
     let podman = format!("podman --runtime {}", p.runtime);
-    let out = in_a_terminal(77, 19, &format!("{podman} run --rm -t --network none {IMAGE} sh -c 'tty; stty size; exit 3'"));
+    let out =
+        in_a_terminal(77, 19, &format!("{podman} run --rm -t --network none {IMAGE} sh -c 'tty; stty size; exit 3'"));
     let shown = text(&out.stdout);
     assert!(shown.contains("/dev/pts/") && shown.contains("19 77"), "run -t: {shown:?}");
     assert_eq!(out.status.code(), Some(3));
@@ -103,10 +125,18 @@ fn podman_run_and_exec_with_a_terminal() {
     let _ = p.run(&["rm", "-f", "hull-e2e-tty"]);
     let out = p.run(&["run", "-d", "--name", "hull-e2e-tty", "--network", "none", IMAGE, "sleep", "300"]);
     assert!(out.status.success(), "run -d: {}", text(&out.stderr));
-    let out = in_a_terminal(66, 17, &format!("{podman} exec -t hull-e2e-tty sh -c 'tty; stty size; exit 5'"));
-    let shown = text(&out.stdout);
-    assert!(shown.contains("/dev/pts/") && shown.contains("17 66"), "exec -t: {shown:?}\nruntime calls:\n{}", p.calls());
-    assert_eq!(out.status.code(), Some(5));
+    // Twenty in a row, the first right after `run -d`: conmon reads the terminal from its
+    // console socket as soon as `hull exec -d` has exited, so hull must have sent it by then.
+    for round in 0..20 {
+        let out = in_a_terminal(66, 17, &format!("{podman} exec -t hull-e2e-tty sh -c 'tty; stty size; exit 5'"));
+        let shown = text(&out.stdout);
+        assert!(
+            shown.contains("/dev/pts/") && shown.contains("17 66"),
+            "exec -t, round {round}: {shown:?}\nruntime calls:\n{}",
+            p.calls()
+        );
+        assert_eq!(out.status.code(), Some(5), "round {round}");
+    }
     let out = p.run(&["rm", "-f", "-t", "0", "hull-e2e-tty"]);
     assert!(out.status.success(), "rm: {}", text(&out.stderr));
     p.env.assert_clean();
@@ -133,7 +163,8 @@ fn podman_options_user_read_only_limits_caps_volumes_pause() {
     let (code, out, err) = run(&["--memory", "64m", "--pids-limit", "10", IMAGE, "sh", "-c", cgroup]);
     assert_eq!((code, out.as_str()), (Some(0), "67108864\n10"), "--memory/--pids-limit: {err}");
 
-    let (code, out, err) = run(&["--cap-drop", "ALL", "--cap-add", "NET_RAW", IMAGE, "grep", "CapEff", "/proc/self/status"]);
+    let (code, out, err) =
+        run(&["--cap-drop", "ALL", "--cap-add", "NET_RAW", IMAGE, "grep", "CapEff", "/proc/self/status"]);
     assert_eq!(code, Some(0), "caps: {err}");
     assert!(out.ends_with("0000000000002000"), "only CAP_NET_RAW (bit 13) is effective: {out}");
 
@@ -141,7 +172,8 @@ fn podman_options_user_read_only_limits_caps_volumes_pause() {
     std::fs::create_dir_all(&volume).unwrap();
     std::fs::write(volume.join("from-host"), "host data\n").unwrap();
     let mount = format!("{}:/data", volume.display());
-    let (code, out, err) = run(&["-v", &mount, IMAGE, "sh", "-c", "cat /data/from-host; echo guest data > /data/from-guest"]);
+    let (code, out, err) =
+        run(&["-v", &mount, IMAGE, "sh", "-c", "cat /data/from-host; echo guest data > /data/from-guest"]);
     assert_eq!((code, out.as_str()), (Some(0), "host data"), "-v: {err}");
     assert_eq!(std::fs::read_to_string(volume.join("from-guest")).unwrap(), "guest data\n");
 

@@ -88,7 +88,9 @@ fn bind_mounts_reach_the_guest_rw_ro_and_files() {
         let mounts = c["mounts"].as_array_mut().unwrap();
         mounts.push(json!({"destination": "/mnt/rw", "type": "bind", "source": rw, "options": ["rbind", "rw"]}));
         mounts.push(json!({"destination": "/mnt/ro", "type": "bind", "source": ro, "options": ["rbind", "ro"]}));
-        mounts.push(json!({"destination": "/etc/single.conf", "type": "bind", "source": file, "options": ["bind", "ro"]}));
+        mounts.push(
+            json!({"destination": "/etc/single.conf", "type": "bind", "source": file, "options": ["bind", "ro"]}),
+        );
     });
     let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
     let stdout = text(&out.stdout);
@@ -115,7 +117,10 @@ fn a_read_only_bind_stays_read_only_when_the_guest_remounts_it() {
     );
     std::fs::create_dir_all(b.rootfs().join("mnt")).unwrap();
     b.edit(|c| {
-        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/mnt/ro", "type": "bind", "source": ro, "options": ["rbind", "ro"]}));
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/mnt/ro", "type": "bind", "source": ro, "options": ["rbind", "ro"]}));
         for set in ["bounding", "effective", "permitted"] {
             c["process"]["capabilities"][set].as_array_mut().unwrap().push(json!("CAP_SYS_ADMIN"));
         }
@@ -136,7 +141,10 @@ fn a_bind_mount_of_a_socket_is_refused_naming_the_mount() {
     let _listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
     let b = env.bundle("b", &["true"]);
     b.edit(|c| {
-        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/app.sock", "type": "bind", "source": sock_path, "options": ["bind"]}));
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/app.sock", "type": "bind", "source": sock_path, "options": ["bind"]}));
     });
     let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
     assert!(!out.status.success());

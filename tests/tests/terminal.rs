@@ -13,7 +13,8 @@ fn console_socket_gets_a_terminal_that_carries_input_output_and_window_size() {
     let b = env.bundle("b", &["sh", "-c", "tty; read a; stty size; read b; echo got:$b; exit 3"]);
     b.edit(|c| c["process"]["terminal"] = serde_json::json!(true));
     let console = ConsoleSocket::listen(&env.dir.join("console.sock"));
-    let out = env.hull_detached(&["create", "--bundle", b.path(), "--console-socket", console.path.to_str().unwrap(), "t"]);
+    let out =
+        env.hull_detached(&["create", "--bundle", b.path(), "--console-socket", console.path.to_str().unwrap(), "t"]);
     assert!(out.status.success(), "create: {}", text(&out.stderr));
     let mut term = console.master();
     assert!(env.hull_out(&["start", "t"]).status.success());
@@ -54,7 +55,12 @@ fn run_and_exec_use_the_callers_terminal() {
     let env = Env::new("tty-own");
     let b = env.bundle("b", &["sh", "-c", "tty; stty size; exit 4"]);
     b.edit(|c| c["process"]["terminal"] = serde_json::json!(true));
-    let hull = format!("HULL_ASSET_DIR={} {} --root {}", std::env::var("HULL_ASSET_DIR").unwrap_or_default(), hull_bin().display(), env.root.display());
+    let hull = format!(
+        "HULL_ASSET_DIR={} {} --root {}",
+        std::env::var("HULL_ASSET_DIR").unwrap_or_default(),
+        hull_bin().display(),
+        env.root.display()
+    );
     let out = in_a_terminal(91, 21, &format!("{hull} run --bundle {} fg", b.path()));
     let shown = text(&out.stdout);
     assert!(shown.contains("/dev/pts/") && shown.contains("21 91"), "{shown:?}");

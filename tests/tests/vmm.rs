@@ -13,7 +13,7 @@ use hull_tests::Env;
 
 /// virtiofsd serving `shared` on `socket`, as the runtime starts it.
 fn virtiofsd(socket: &Path, shared: &Path) -> Child {
-    let child = Command::new(asset_dir().join("bin/virtiofsd"))
+    let mut child = Command::new(asset_dir().join("bin/virtiofsd"))
         .arg(format!("--socket-path={}", socket.display()))
         .arg(format!("--shared-dir={}", shared.display()))
         .args(["--sandbox=namespace", "--cache=never", "--log-level=error"])
@@ -26,6 +26,8 @@ fn virtiofsd(socket: &Path, shared: &Path) -> Child {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("virtiofsd did not create {}", socket.display());
 }
 
@@ -59,7 +61,9 @@ impl Tap {
         addr.sll_protocol = ETHERTYPE.to_be();
         addr.sll_ifindex = index as i32;
         // SAFETY: addr is a valid sockaddr_ll of the size given.
-        let rc = unsafe { libc::bind(sock, &addr as *const _ as *const libc::sockaddr, std::mem::size_of_val(&addr) as u32) };
+        let rc = unsafe {
+            libc::bind(sock, &addr as *const _ as *const libc::sockaddr, std::mem::size_of_val(&addr) as u32)
+        };
         assert_eq!(rc, 0, "binding the packet socket");
         Tap { name, sock }
     }
@@ -333,7 +337,16 @@ fn bad_configuration_is_refused_naming_the_field_and_leaves_nothing() {
     assert!(err.contains("unknown field `vcpu`") && err.contains("vm.json"), "{err}");
     // A failure after the vsock socket was bound (no virtio-fs backend) removes the socket.
     let uds = env.dir.join("v.sock");
-    let err = run(&["--kernel", guest, "--vsock-cid", "3", "--vsock-uds", uds.to_str().unwrap(), "--fs-socket", "/nonexistent.sock"]);
+    let err = run(&[
+        "--kernel",
+        guest,
+        "--vsock-cid",
+        "3",
+        "--vsock-uds",
+        uds.to_str().unwrap(),
+        "--fs-socket",
+        "/nonexistent.sock",
+    ]);
     assert!(err.contains("virtio-fs backend /nonexistent.sock"), "{err}");
     assert!(!uds.exists(), "a failed start left {}", uds.display());
     // A JSON config works the same as flags.

@@ -73,7 +73,11 @@ impl Vmm {
     /// Plug a virtio device in: an MMIO window, an interrupt line (irqfd), one ioeventfd per
     /// queue, and an entry on the kernel command line. `subscriber` is the same device as the
     /// event loop sees it.
-    pub fn add_virtio<D: VirtioDevice + 'static>(&mut self, device: Arc<Mutex<D>>, subscriber: Subscriber) -> Result<(), BuildError> {
+    pub fn add_virtio<D: VirtioDevice + 'static>(
+        &mut self,
+        device: Arc<Mutex<D>>,
+        subscriber: Subscriber,
+    ) -> Result<(), BuildError> {
         let base = self.next_mmio;
         let irq = self.next_irq;
         if irq > layout::IRQ_MAX {
@@ -81,9 +85,7 @@ impl Vmm {
         }
         {
             let dev = device.lock().unwrap();
-            self.vm
-                .register_irqfd(dev.interrupt().irqfd(), irq)
-                .map_err(|e| BuildError::KvmCall("KVM_IRQFD", e))?;
+            self.vm.register_irqfd(dev.interrupt().irqfd(), irq).map_err(|e| BuildError::KvmCall("KVM_IRQFD", e))?;
             for (i, evt) in dev.queue_events().iter().enumerate() {
                 self.vm
                     .register_ioevent(evt, &IoEventAddress::Mmio(base + 0x50), i as u32)
@@ -91,16 +93,13 @@ impl Vmm {
             }
         }
         let transport: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(MmioTransport::new(self.mem.clone(), device)));
-        self.mmio
-            .insert(transport, base, layout::VIRTIO_MMIO_SIZE)
-            .map_err(|e| BuildError::Device(e.to_string()))?;
+        self.mmio.insert(transport, base, layout::VIRTIO_MMIO_SIZE).map_err(|e| BuildError::Device(e.to_string()))?;
         self.events.add_subscriber(subscriber);
         self.cmdline_devices.push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
         self.next_mmio += layout::VIRTIO_MMIO_SIZE;
         self.next_irq += 1;
         Ok(())
     }
-
 }
 
 /// Open KVM and make the VM with its RAM and legacy devices. Virtio devices are added next
@@ -114,8 +113,7 @@ pub fn create(config: &VmmConfig) -> Result<Vmm, BuildError> {
         }
     }
     let vm = kvm.create_vm().map_err(|e| BuildError::KvmCall("KVM_CREATE_VM", e))?;
-    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
-        .map_err(|e| BuildError::KvmCall("KVM_SET_TSS_ADDR", e))?;
+    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize).map_err(|e| BuildError::KvmCall("KVM_SET_TSS_ADDR", e))?;
     vm.create_irq_chip().map_err(|e| BuildError::KvmCall("KVM_CREATE_IRQCHIP", e))?;
     let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
     vm.create_pit2(pit).map_err(|e| BuildError::KvmCall("KVM_CREATE_PIT2", e))?;
@@ -258,11 +256,8 @@ pub fn attach_devices(vmm: &mut Vmm, config: &VmmConfig) -> Result<(), BuildErro
             (None, Some(fd)) => Tap::from_fd(fd).map_err(|e| BuildError::Device(format!("net.tap_fd {fd}: {e}")))?,
             (None, None) => unreachable!("validated"),
         };
-        let mac = n
-            .mac
-            .as_deref()
-            .and_then(crate::config::parse_mac)
-            .unwrap_or([0x02, 0x68, 0x75, 0x6c, 0x6c, i as u8]);
+        let mac =
+            n.mac.as_deref().and_then(crate::config::parse_mac).unwrap_or([0x02, 0x68, 0x75, 0x6c, 0x6c, i as u8]);
         let dev = NetDevice::new(tap, mac, new_interrupt()?).map_err(|e| BuildError::Device(format!("net: {e}")))?;
         let dev = Arc::new(Mutex::new(dev));
         vmm.add_virtio(dev.clone(), dev)?;

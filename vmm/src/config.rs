@@ -146,7 +146,10 @@ impl VmmConfig {
         }
         if let Some(v) = &self.vsock {
             if v.guest_cid < 3 || v.guest_cid >= u64::from(u32::MAX) {
-                return Err(bad("vsock.guest_cid", format!("{} is reserved or out of range (3 to 2^32-2)", v.guest_cid)));
+                return Err(bad(
+                    "vsock.guest_cid",
+                    format!("{} is reserved or out of range (3 to 2^32-2)", v.guest_cid),
+                ));
             }
             if v.uds.as_os_str().len() > 100 {
                 return Err(bad("vsock.uds", "path too long for a unix socket (with its _<port> peers)"));

@@ -41,17 +41,23 @@ pub fn enter(jail: &JailConfig) -> Result<(), JailError> {
     let root = c"/";
     // SAFETY: mount with valid NUL-terminated strings and null data; makes our copy of the
     // mount tree private so nothing we do propagates back to the host.
-    check(
-        unsafe { libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) },
-        "making / private",
-    )?;
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    check(rc, "making / private")?;
     let dir = cstr(&jail.dir);
     // SAFETY: as above; a bind mount of the jail onto itself makes it a mount point, which
     // pivot_root requires.
-    check(
-        unsafe { libc::mount(dir.as_ptr(), dir.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) },
-        format!("bind-mounting {}", jail.dir.display()),
-    )?;
+    let rc = unsafe {
+        libc::mount(dir.as_ptr(), dir.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null())
+    };
+    check(rc, format!("bind-mounting {}", jail.dir.display()))?;
     // SAFETY: chdir with a valid path.
     check(unsafe { libc::chdir(dir.as_ptr()) }, format!("chdir {}", jail.dir.display()))?;
     let dot = c".";

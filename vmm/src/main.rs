@@ -1,8 +1,8 @@
 //! `hull-vmm`: run one microVM. Configure by flags or by `--config <file.json>`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use hull_vmm::builder;
@@ -71,8 +71,8 @@ struct Args {
 impl Args {
     fn into_config(self) -> anyhow::Result<VmmConfig> {
         if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
             let mut config: VmmConfig =
                 serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
             // The console log is where the caller watches this run; it may override the file.

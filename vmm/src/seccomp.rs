@@ -46,27 +46,27 @@ const COMMON: &[i64] = &[
 
 /// Unix-socket work a vhost-user frontend does (on the vCPU thread at DRIVER_OK) and the
 /// vsock muxer does (on the event loop).
-const SOCKETS: &[i64] = &[
-    libc::SYS_sendmsg,
-    libc::SYS_recvmsg,
-    libc::SYS_sendto,
-    libc::SYS_recvfrom,
-    libc::SYS_shutdown,
-    libc::SYS_fcntl,
-];
+const SOCKETS: &[i64] =
+    &[libc::SYS_sendmsg, libc::SYS_recvmsg, libc::SYS_sendto, libc::SYS_recvfrom, libc::SYS_shutdown, libc::SYS_fcntl];
 
 fn build(allow: &[i64], conditional: Vec<(i64, Vec<SeccompRule>)>) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allow.iter().map(|s| (*s, Vec::new())).collect();
     for (nr, r) in conditional {
         rules.insert(nr, r);
     }
-    let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, std::env::consts::ARCH.try_into().map_err(|e| SeccompError(format!("{e:?}")))?)
-        .map_err(|e| SeccompError(e.to_string()))?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        std::env::consts::ARCH.try_into().map_err(|e| SeccompError(format!("{e:?}")))?,
+    )
+    .map_err(|e| SeccompError(e.to_string()))?;
     filter.try_into().map_err(|e: seccompiler::BackendError| SeccompError(e.to_string()))
 }
 
 fn arg_eq(index: u8, value: u64) -> Result<SeccompRule, SeccompError> {
-    let cond = SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value).map_err(|e| SeccompError(e.to_string()))?;
+    let cond = SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+        .map_err(|e| SeccompError(e.to_string()))?;
     SeccompRule::new(vec![cond]).map_err(|e| SeccompError(e.to_string()))
 }
 

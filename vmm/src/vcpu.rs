@@ -140,9 +140,8 @@ impl Vcpu {
 /// Wall-clock microseconds since the epoch and this process's CPU time so far, for benchmarks
 /// that measure process start to first KVM_RUN from outside.
 fn timing_now() -> (u64, u64) {
-    let epoch_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
+    let epoch_us =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     // SAFETY: getrusage fills the zeroed struct we own.
     let usage = unsafe {
         let mut u: libc::rusage = std::mem::zeroed();

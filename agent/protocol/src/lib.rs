@@ -11,12 +11,14 @@
 //! Both sides treat what they read as hostile: frames are length-capped before allocation and
 //! every field is validated by the receiver.
 
+pub mod budget;
 pub mod frame;
 pub mod messages;
 pub mod network;
 pub mod resources;
 pub mod stream;
 
+pub use budget::LogBudget;
 pub use frame::{decode_body, encode, read_frame, write_frame, FrameError, MAX_FRAME};
 pub use messages::*;
 pub use resources::{ContainerStats, ResourceUpdate};

@@ -18,17 +18,31 @@ pub struct Request {
 #[serde(tag = "call", content = "args", rename_all = "snake_case")]
 pub enum RequestBody {
     /// First call on a connection; the agent refuses every other call before it.
-    Handshake { version: u32 },
+    Handshake {
+        version: u32,
+    },
     Ping,
     /// Configure the guest NICs and routes to mirror the container's network namespace.
-    ConfigureNetwork { interfaces: Vec<crate::network::Interface>, routes: Vec<crate::network::Route> },
+    ConfigureNetwork {
+        interfaces: Vec<crate::network::Interface>,
+        routes: Vec<crate::network::Route>,
+    },
     /// Create (but do not start) a container from an OCI spec already rewritten for guest
     /// paths: `spec.root.path` is absolute in the guest.
-    CreateContainer { container_id: String, spec: serde_json::Value },
-    StartContainer { container_id: String },
+    CreateContainer {
+        container_id: String,
+        spec: serde_json::Value,
+    },
+    StartContainer {
+        container_id: String,
+    },
     /// Run an additional process in a running container (`runc exec`). `process` is an OCI
     /// `process` object; it starts at once.
-    ExecProcess { container_id: String, exec_id: String, process: serde_json::Value },
+    ExecProcess {
+        container_id: String,
+        exec_id: String,
+        process: serde_json::Value,
+    },
     /// Deliver `signal` to the container's init (every process with `all`), or to one exec.
     SignalProcess {
         container_id: String,
@@ -37,21 +51,37 @@ pub enum RequestBody {
         signal: i32,
         all: bool,
     },
-    RemoveContainer { container_id: String },
+    RemoveContainer {
+        container_id: String,
+    },
     /// Forget a finished exec: its exit status, any output pipe the host never took, and its
     /// terminal. Refused while it runs. Without this a container with many execs (probes,
     /// health checks) would pin them all until it is removed, and an exec id could never be
     /// used again.
-    RemoveProcess { container_id: String, exec_id: String },
+    RemoveProcess {
+        container_id: String,
+        exec_id: String,
+    },
     /// Freeze / thaw every process of the container (cgroup freezer).
-    PauseContainer { container_id: String },
-    ResumeContainer { container_id: String },
+    PauseContainer {
+        container_id: String,
+    },
+    ResumeContainer {
+        container_id: String,
+    },
     /// The container's processes (guest pids and command lines).
-    ListProcesses { container_id: String },
+    ListProcesses {
+        container_id: String,
+    },
     /// Read the container's cgroup counters.
-    ContainerStats { container_id: String },
+    ContainerStats {
+        container_id: String,
+    },
     /// Change the container's limits.
-    UpdateResources { container_id: String, update: crate::ResourceUpdate },
+    UpdateResources {
+        container_id: String,
+        update: crate::ResourceUpdate,
+    },
     /// Set the window size of a process's terminal (the init's without `exec_id`).
     ResizeTerminal {
         container_id: String,
@@ -81,11 +111,20 @@ pub enum Outcome {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Reply {
     Empty,
-    Handshake { version: u32, agent_version: String },
+    Handshake {
+        version: u32,
+        agent_version: String,
+    },
     /// Guest pid of a container's init.
-    Created { pid: i32 },
-    Processes { processes: Vec<ProcessInfo> },
-    Stats { stats: crate::ContainerStats },
+    Created {
+        pid: i32,
+    },
+    Processes {
+        processes: Vec<ProcessInfo>,
+    },
+    Stats {
+        stats: crate::ContainerStats,
+    },
 }
 
 /// Longest command line reported per process; the rest is cut.
@@ -99,15 +138,53 @@ pub struct ProcessInfo {
     pub cmdline: String,
 }
 
+/// What kind of failure an [`AgentError`] is, so the host can answer its own callers in their
+/// terms (containerd's NOT_FOUND for a kill of a process that already exited, runc's messages on
+/// the CLI) without parsing the agent's words.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The container or process named does not exist, or has already exited.
+    NotFound,
+    /// The id is taken.
+    AlreadyExists,
+    /// A field of the request is malformed (spec, signal, id).
+    InvalidArgument,
+    /// The request is well-formed but the object is in the wrong state for it.
+    FailedPrecondition,
+    /// Anything else: the guest failed to do what was asked.
+    #[default]
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not found",
+            ErrorKind::AlreadyExists => "already exists",
+            ErrorKind::InvalidArgument => "invalid argument",
+            ErrorKind::FailedPrecondition => "failed precondition",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct AgentError {
+    /// Absent on the wire means `internal`.
+    #[serde(default)]
+    pub kind: ErrorKind,
     pub message: String,
 }
 
 impl AgentError {
-    pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into() }
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
     }
 }
 
@@ -165,6 +242,11 @@ mod tests {
         assert_eq!(json, r#"{"id":3,"call":"start_container","args":{"container_id":"c"}}"#);
         let msg = AgentMessage::Response(Response { id: 3, result: Outcome::Ok(Reply::Empty) });
         assert_eq!(serde_json::to_string(&msg).unwrap(), r#"{"response":{"id":3,"ok":{"kind":"empty"}}}"#);
+        let err = Outcome::Error(AgentError::new(ErrorKind::NotFound, "gone"));
+        assert_eq!(serde_json::to_string(&err).unwrap(), r#"{"error":{"kind":"not_found","message":"gone"}}"#);
+        // An error without a kind (an older agent) is internal.
+        let old: Outcome = serde_json::from_str(r#"{"error":{"message":"x"}}"#).unwrap();
+        assert!(matches!(old, Outcome::Error(AgentError { kind: ErrorKind::Internal, .. })));
     }
 
     #[test]

@@ -122,7 +122,10 @@ mod tests {
     fn oci_resources_map_and_bad_values_name_the_field() {
         let u = ResourceUpdate::from_oci(&json!({"memory": {"limit": 67108864}, "cpu": {"quota": 50000, "period": 100000, "cpus": "0"}, "pids": {"limit": 20}})).unwrap();
         assert_eq!(u.memory_limit, Some(64 << 20));
-        assert_eq!((u.cpu_quota, u.cpu_period, u.cpuset_cpus.as_deref(), u.pids_limit), (Some(50000), Some(100000), Some("0"), Some(20)));
+        assert_eq!(
+            (u.cpu_quota, u.cpu_period, u.cpuset_cpus.as_deref(), u.pids_limit),
+            (Some(50000), Some(100000), Some("0"), Some(20))
+        );
         assert_eq!(ResourceUpdate::from_oci(&json!({})).unwrap(), ResourceUpdate::default());
         assert!(ResourceUpdate::from_oci(&json!({"cpu": {"shares": -1}})).unwrap_err().contains("cpu.shares"));
         assert!(ResourceUpdate::from_oci(&json!({"memory": {"limit": "lots"}})).unwrap_err().contains("memory.limit"));

@@ -89,7 +89,9 @@ mod tests {
 
     #[test]
     fn bad_headers() {
-        for bad in ["", "web", "web stdout extra", "../x stdout", "web tty", "web:../e stdout", "web: stdout", "a:b:c stdout"] {
+        for bad in
+            ["", "web", "web stdout extra", "../x stdout", "web tty", "web:../e stdout", "web: stdout", "a:b:c stdout"]
+        {
             assert!(bad.parse::<StreamHeader>().is_err(), "{bad:?} accepted");
         }
     }

@@ -2,7 +2,9 @@
 //! allocation beyond the frame cap. A deterministic mutation loop (no fuzzing toolchain
 //! needed) over valid frames and random noise.
 
-use hull_protocol::{encode, read_frame, AgentMessage, Event, Outcome, Reply, Request, RequestBody, Response, StreamHeader};
+use hull_protocol::{
+    encode, read_frame, AgentMessage, Event, Outcome, Reply, Request, RequestBody, Response, StreamHeader,
+};
 
 struct XorShift(u64);
 
@@ -23,10 +25,14 @@ fn seeds() -> Vec<Vec<u8>> {
     vec![
         encode(&Request { id: 1, body: RequestBody::Handshake { version: 1 } }).unwrap(),
         encode(&Request { id: 2, body: RequestBody::CreateContainer { container_id: "c".into(), spec } }).unwrap(),
-        encode(&Request { id: 3, body: RequestBody::SignalProcess { container_id: "c".into(), exec_id: None, signal: 9, all: true } })
-            .unwrap(),
+        encode(&Request {
+            id: 3,
+            body: RequestBody::SignalProcess { container_id: "c".into(), exec_id: None, signal: 9, all: true },
+        })
+        .unwrap(),
         encode(&AgentMessage::Response(Response { id: 4, result: Outcome::Ok(Reply::Created { pid: 7 }) })).unwrap(),
-        encode(&AgentMessage::Event(Event::ProcessExited { container_id: "c".into(), exec_id: None, status: 137 })).unwrap(),
+        encode(&AgentMessage::Event(Event::ProcessExited { container_id: "c".into(), exec_id: None, status: 137 }))
+            .unwrap(),
     ]
 }
 

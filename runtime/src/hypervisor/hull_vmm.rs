@@ -2,13 +2,10 @@
 //! virtiofsd, virtio-net taps), with vsock served in-process and the VMM jailed in the
 //! sandbox's `vmm/` directory.
 
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use anyhow::Result;
-
-use super::{Hypervisor, VmConfig};
-use crate::process::ChildProc;
+use super::{create_log, Hypervisor, HypervisorError, Result, VmConfig};
+use crate::process::{inherit_fds, ChildProc};
 
 /// First fd number taps are placed at in the hull-vmm process.
 const FIRST_TAP_FD: i32 = 100;
@@ -19,8 +16,9 @@ pub struct HullVmm {
 
 impl HullVmm {
     pub fn command(&self, vm: &VmConfig) -> Result<Command> {
-        std::fs::create_dir_all(&vm.jail_dir)?;
-        let log = std::fs::File::create(&vm.vmm_log)?;
+        std::fs::create_dir_all(&vm.jail_dir)
+            .map_err(|source| HypervisorError::Io { path: vm.jail_dir.clone(), source })?;
+        let log = create_log(&vm.vmm_log)?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--kernel")
             .arg(&vm.kernel)
@@ -44,25 +42,11 @@ impl HullVmm {
             .stderr(log);
         // hull-vmm takes one NIC; more would need a JSON config, which the sandbox never asks for.
         if let Some(nic) = vm.nics.first() {
-            anyhow::ensure!(vm.nics.len() == 1, "the hull-vmm backend attaches one NIC; this sandbox has {}", vm.nics.len());
-            cmd.args(["--tap-fd", &FIRST_TAP_FD.to_string(), "--mac", &nic.mac]);
-            let fd = nic.tap_fd;
-            // SAFETY: dup2 and fcntl are async-signal-safe; the tap fd stays open in the parent
-            // (owned by the network attachment) until spawn returns.
-            unsafe {
-                cmd.pre_exec(move || {
-                    // dup2 onto itself keeps close-on-exec; clear it explicitly then.
-                    let rc = if fd == FIRST_TAP_FD {
-                        libc::fcntl(fd, libc::F_SETFD, 0)
-                    } else {
-                        libc::dup2(fd, FIRST_TAP_FD)
-                    };
-                    if rc < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+            if vm.nics.len() > 1 {
+                return Err(HypervisorError::TooManyNics(vm.nics.len()));
             }
+            cmd.args(["--tap-fd", &FIRST_TAP_FD.to_string(), "--mac", &nic.mac]);
+            inherit_fds(&mut cmd, vec![(nic.tap_fd, FIRST_TAP_FD)]);
         }
         Ok(cmd)
     }
@@ -82,6 +66,6 @@ impl Hypervisor for HullVmm {
     }
 
     fn launch(&self, vm: &VmConfig) -> Result<ChildProc> {
-        ChildProc::spawn("hull-vmm", &mut self.command(vm)?)
+        Ok(ChildProc::spawn("hull-vmm", &mut self.command(vm)?)?)
     }
 }

@@ -6,12 +6,31 @@ mod qemu;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
-
 pub use hull_vmm::HullVmm;
 pub use qemu::Qemu;
 
-use crate::process::ChildProc;
+use crate::process::{ChildProc, ProcessError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    #[error("unknown hypervisor backend {0:?} (expected auto, qemu or hull-vmm)")]
+    UnknownBackend(String),
+    #[error("{} not found: the hull-vmm backend needs it (`make install`, or set HULL_VMM / HULL_ASSET_DIR)", .0.display())]
+    Missing(PathBuf),
+    #[error("the hull-vmm backend attaches one NIC; this sandbox has {0}")]
+    TooManyNics(usize),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Launch(#[from] ProcessError),
+}
+
+type Result<T> = std::result::Result<T, HypervisorError>;
+
+/// A log file for the VMM's own diagnostics.
+fn create_log(path: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::File::create(path).map_err(|source| HypervisorError::Io { path: path.to_path_buf(), source })
+}
 
 /// Everything a backend needs to start one VM.
 #[derive(Debug, Clone)]
@@ -66,14 +85,34 @@ pub enum BackendKind {
 }
 
 impl std::str::FromStr for BackendKind {
-    type Err = anyhow::Error;
+    type Err = HypervisorError;
     fn from_str(s: &str) -> Result<Self> {
         Ok(match s {
             "auto" => BackendKind::Auto,
             "qemu" => BackendKind::Qemu,
             "hull-vmm" => BackendKind::HullVmm,
-            other => bail!("unknown hypervisor backend {other:?} (expected auto, qemu or hull-vmm)"),
+            other => return Err(HypervisorError::UnknownBackend(other.into())),
         })
+    }
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Qemu => "qemu",
+            BackendKind::HullVmm => "hull-vmm",
+        }
+    }
+
+    /// What `auto` (or this choice) runs on this host, for reports: `hull-vmm (kvm)`,
+    /// `qemu (kvm)` or `qemu (tcg)`.
+    pub fn resolved(self) -> &'static str {
+        match (self, hardware_kvm()) {
+            (BackendKind::HullVmm, _) | (BackendKind::Auto, true) => "hull-vmm (kvm)",
+            (BackendKind::Qemu, true) => "qemu (kvm)",
+            (BackendKind::Qemu | BackendKind::Auto, false) => "qemu (tcg)",
+        }
     }
 }
 
@@ -113,7 +152,7 @@ pub fn select(kind: BackendKind, assets: &crate::assets::Assets) -> Result<Box<d
 fn hull_vmm_backend(assets: &crate::assets::Assets) -> Result<Box<dyn Hypervisor>> {
     for path in [&assets.hull_vmm, &assets.vmlinux] {
         if !path.is_file() {
-            bail!("{} not found: the hull-vmm backend needs it (`make install`, or set HULL_VMM / HULL_ASSET_DIR)", path.display());
+            return Err(HypervisorError::Missing(path.clone()));
         }
     }
     Ok(Box::new(HullVmm { binary: assets.hull_vmm.clone() }))

@@ -1,13 +1,10 @@
 //! QEMU's `microvm` machine: no PCI, no ACPI, virtio-mmio devices announced on the kernel
 //! command line, guest RAM in a shared memfd so vhost-user daemons can map it.
 
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use anyhow::Result;
-
-use super::{Hypervisor, VmConfig};
-use crate::process::ChildProc;
+use super::{create_log, Hypervisor, Result, VmConfig};
+use crate::process::{inherit_fds, ChildProc};
 
 /// First fd number taps are placed at in the QEMU process (above anything std opens).
 const FIRST_TAP_FD: i32 = 100;
@@ -26,11 +23,23 @@ pub struct Qemu {
 impl Qemu {
     pub fn command(&self, vm: &VmConfig) -> Result<Command> {
         let mut cmd = Command::new(&self.binary);
-        let log = std::fs::File::create(&vm.vmm_log)?;
+        let log = create_log(&vm.vmm_log)?;
         let mem = format!("{}M", vm.memory_mib);
         cmd.args(["-M", "microvm,acpi=off,x-option-roms=off,memory-backend=mem"])
-            .args(["-accel", match self.accel { Accel::Kvm => "kvm", Accel::Tcg => "tcg" }])
-            .args(["-cpu", match self.accel { Accel::Kvm => "host", Accel::Tcg => "max" }])
+            .args([
+                "-accel",
+                match self.accel {
+                    Accel::Kvm => "kvm",
+                    Accel::Tcg => "tcg",
+                },
+            ])
+            .args([
+                "-cpu",
+                match self.accel {
+                    Accel::Kvm => "host",
+                    Accel::Tcg => "max",
+                },
+            ])
             .args(["-smp", &vm.vcpus.to_string(), "-m", &mem])
             .args(["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on")])
             .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none"])
@@ -56,22 +65,7 @@ impl Qemu {
                 .args(["-device", &format!("virtio-net-device,netdev=net{i},mac={}", nic.mac)]);
             fds.push((nic.tap_fd, target));
         }
-        if !fds.is_empty() {
-            // SAFETY: dup2 and fcntl are async-signal-safe; the tap fds stay open in the parent (owned by
-            // the network attachment) until spawn returns.
-            unsafe {
-                cmd.pre_exec(move || {
-                    for (fd, target) in &fds {
-                        // dup2 onto itself keeps close-on-exec; clear it explicitly then.
-                        let rc = if fd == target { libc::fcntl(*fd, libc::F_SETFD, 0) } else { libc::dup2(*fd, *target) };
-                        if rc < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    Ok(())
-                });
-            }
-        }
+        inherit_fds(&mut cmd, fds);
         Ok(cmd)
     }
 }
@@ -82,6 +76,6 @@ impl Hypervisor for Qemu {
     }
 
     fn launch(&self, vm: &VmConfig) -> Result<ChildProc> {
-        ChildProc::spawn("qemu", &mut self.command(vm)?)
+        Ok(ChildProc::spawn("qemu", &mut self.command(vm)?)?)
     }
 }

@@ -13,15 +13,13 @@ use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-
-use crate::agent_client::{AgentClient, AgentNotice};
+use crate::agent::{Agent, AgentError, AgentNotice};
 use crate::assets::Assets;
-use crate::hypervisor::{self, BackendKind, Nic, VmConfig};
-use crate::process::ChildProc;
+use crate::hypervisor::{self, BackendKind, HypervisorError, Nic, VmConfig};
+use crate::process::{ChildProc, ProcessError};
+use crate::share::{ShareError, ShareMount};
 use crate::state::StateDir;
 
 /// The virtio-fs tag the agent mounts.
@@ -30,6 +28,45 @@ pub const SHARE_TAG: &str = "hull";
 const GUEST_CID: u32 = 3;
 /// How long the guest may take from VMM start to an answering agent (TCG is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// The VM started but the agent never answered.
+    #[error(transparent)]
+    Boot(Box<BootError>),
+}
+
+/// A boot that did not reach the agent, naming the logs to read.
+#[derive(Debug, thiserror::Error)]
+#[error("booting the sandbox (guest console {}: {console_tail}; {vmm} log {}: {vmm_tail}): {failure}", console.display(), vmm_log.display())]
+pub struct BootError {
+    pub failure: BootFailure,
+    pub console: PathBuf,
+    pub console_tail: String,
+    pub vmm: &'static str,
+    pub vmm_log: PathBuf,
+    pub vmm_tail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootFailure {
+    #[error("the guest agent did not start within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+type Result<T> = std::result::Result<T, SandboxError>;
 
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -44,74 +81,41 @@ impl Default for SandboxConfig {
     }
 }
 
-/// What one container exposes in the share, under `share/<subdir>/`: its root filesystem at
-/// `rootfs`, and each bind mount source at `mounts/<n>`.
-pub struct SharedRootfs {
-    pub host_path: PathBuf,
-    pub subdir: String,
-    pub binds: Vec<crate::bundle::BindMount>,
-}
-
-/// One bind into the share: host source, mountpoint in the share, and whether it is read-only
-/// on the host side.
-#[derive(Debug, Clone)]
-pub struct ShareMount {
-    pub source: PathBuf,
-    pub target: PathBuf,
-    pub read_only: bool,
-}
-
-impl SharedRootfs {
-    /// The binds this container needs in the share, creating each mountpoint (a directory, or
-    /// an empty file for a file source).
-    pub fn mounts(&self, share: &Path) -> Result<Vec<ShareMount>> {
-        let base = share.join(&self.subdir);
-        let rootfs = base.join("rootfs");
-        fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
-        let mut pairs = vec![ShareMount { source: self.host_path.clone(), target: rootfs, read_only: false }];
-        for bind in &self.binds {
-            let target = base.join("mounts").join(bind.index.to_string());
-            if bind.is_dir {
-                fs::create_dir_all(&target)?;
-            } else {
-                fs::create_dir_all(base.join("mounts"))?;
-                fs::File::create(&target)?;
-            }
-            pairs.push(ShareMount { source: bind.source.clone(), target, read_only: bind.read_only });
-        }
-        Ok(pairs)
-    }
-}
-
+/// The processes of a VM: its VMM and the daemons serving its devices.
 pub struct Sandbox {
-    pub agent: Arc<AgentClient>,
-    pub notices: Receiver<AgentNotice>,
     /// The VMM first: stopping it first lets the daemons see their frontend go.
     procs: Vec<ChildProc>,
     vsock_socket: PathBuf,
 }
 
+/// A booted sandbox and its agent's connection.
+pub struct Booted {
+    pub sandbox: Sandbox,
+    pub agent: Agent,
+    pub notices: Receiver<AgentNotice>,
+}
+
 impl Sandbox {
-    /// Boot with `rootfs` bound into the share privately for virtiofsd; with `None`, the
+    /// Boot with `binds` mounted into the share privately for virtiofsd; with `None`, the
     /// caller has made the share a propagating mount and binds containers into it itself.
     pub fn boot(
         dir: &StateDir,
         assets: &Assets,
         config: &SandboxConfig,
-        rootfs: Option<&SharedRootfs>,
+        binds: Option<&[ShareMount]>,
         nics: Vec<Nic>,
-    ) -> Result<Sandbox> {
+    ) -> Result<Booted> {
         let hypervisor = hypervisor::select(config.backend, assets)?;
-        let binds = rootfs.map(|r| r.mounts(&dir.share_dir())).transpose()?;
 
         let mut procs = Vec::new();
-        std::fs::create_dir_all(dir.vmm_jail())?;
+        let jail = dir.vmm_jail();
+        fs::create_dir_all(&jail).map_err(|source| SandboxError::Io { path: jail.clone(), source })?;
         if !hypervisor.serves_vsock() {
             let mut vsock = vsock_backend::spawn(&assets.vsock_backend, dir, GUEST_CID)?;
             crate::process::wait_for_path(&dir.vhost_vsock_socket(), &mut vsock, Duration::from_secs(10))?;
             procs.push(vsock);
         }
-        let mut fs_daemon = virtiofsd::spawn(&assets.virtiofsd, dir, binds.as_deref())?;
+        let mut fs_daemon = virtiofsd::spawn(&assets.virtiofsd, dir, binds)?;
         crate::process::wait_for_path(&dir.virtiofsd_socket(), &mut fs_daemon, Duration::from_secs(10))?;
         procs.push(fs_daemon);
 
@@ -140,41 +144,42 @@ impl Sandbox {
         let vsock_socket = dir.vsock_socket();
         let deadline = started + BOOT_TIMEOUT;
         let booted = wait_for_agent_banner(&dir.console_log(), deadline, &mut procs).and_then(|()| {
-            AgentClient::connect(&vsock_socket, deadline, || procs.iter_mut().try_for_each(|p| p.check_alive()))
+            let died = || procs.iter_mut().find_map(|p| p.check_alive().err()).map(|e| e.to_string());
+            Ok(Agent::connect(&vsock_socket, deadline, died)?)
         });
-        let (agent, notices) = booted.with_context(|| {
+        let (agent, notices) = booted.map_err(|failure| {
             let vmm_log = dir.dir.join("vmm.log");
-            format!(
-                "booting the sandbox (guest console {}: {}; {} log {}: {})",
-                dir.console_log().display(),
-                console_tail(&dir.console_log()),
-                hypervisor.name(),
-                vmm_log.display(),
-                console_tail(&vmm_log),
-            )
+            SandboxError::Boot(Box::new(BootError {
+                failure,
+                console: dir.console_log(),
+                console_tail: console_tail(&dir.console_log()),
+                vmm: hypervisor.name(),
+                vmm_tail: console_tail(&vmm_log),
+                vmm_log,
+            }))
         })?;
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "agent ready");
-        Ok(Sandbox { agent: Arc::new(agent), notices, procs, vsock_socket })
+        Ok(Booted { sandbox: Sandbox { procs, vsock_socket }, agent, notices })
+    }
+}
+
+impl crate::pod::Vm for Sandbox {
+    fn vsock_socket(&self) -> &Path {
+        &self.vsock_socket
     }
 
-    /// Pidfds of the VMM and daemons, each tagged with its name, for exit watching.
-    pub fn pidfds(&self) -> Result<Vec<(&'static str, OwnedFd)>> {
+    fn pidfds(&self) -> std::result::Result<Vec<(&'static str, OwnedFd)>, ProcessError> {
         self.procs.iter().map(|p| Ok((p.name, p.pidfd()?))).collect()
     }
 
-    /// Describe how any sandbox process ended, if one has.
-    pub fn check_alive(&mut self) -> Result<()> {
-        self.procs.iter_mut().try_for_each(|p| p.check_alive())
-    }
-
-    pub fn vsock_socket(&self) -> &Path {
-        &self.vsock_socket
+    fn how_it_ended(&mut self) -> Option<String> {
+        self.procs.iter_mut().find_map(|p| p.check_alive().err()).map(|e| e.to_string())
     }
 
     /// Stop the VM and its daemons, all at once. Nothing persists in the guest (virtio-fs
     /// writes are synchronous), so the VMM is killed outright; the daemons get a moment to
     /// exit on their own.
-    pub fn shutdown(&mut self) {
+    fn shutdown(&mut self) {
         for (i, proc) in self.procs.iter_mut().enumerate() {
             proc.signal(if i == 0 { libc::SIGKILL } else { libc::SIGTERM });
         }
@@ -191,7 +196,11 @@ const AGENT_BANNER: &[u8] = b"hull-agent: ready";
 /// Wait until the agent says on the console that it listens. Dialing vsock before the guest's
 /// driver is up leaves requests stranded in the backend; the console is only a hint (the
 /// handshake that follows is what is trusted).
-fn wait_for_agent_banner(console: &Path, deadline: Instant, procs: &mut [ChildProc]) -> Result<()> {
+fn wait_for_agent_banner(
+    console: &Path,
+    deadline: Instant,
+    procs: &mut [ChildProc],
+) -> std::result::Result<(), BootFailure> {
     loop {
         procs.iter_mut().try_for_each(|p| p.check_alive())?;
         if let Ok(text) = fs::read(console) {
@@ -200,7 +209,7 @@ fn wait_for_agent_banner(console: &Path, deadline: Instant, procs: &mut [ChildPr
             }
         }
         if Instant::now() > deadline {
-            anyhow::bail!("the guest agent did not start within {BOOT_TIMEOUT:?}");
+            return Err(BootFailure::Timeout(BOOT_TIMEOUT));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -212,5 +221,9 @@ fn console_tail(console: &Path) -> String {
     let text = String::from_utf8_lossy(&text[text.len().saturating_sub(600)..]).into_owned();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(4)..].join(" | ");
-    if tail.is_empty() { "empty".into() } else { format!("last lines: {tail}") }
+    if tail.is_empty() {
+        "empty".into()
+    } else {
+        format!("last lines: {tail}")
+    }
 }

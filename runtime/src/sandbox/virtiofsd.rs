@@ -10,27 +10,27 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result};
-
-use super::ShareMount;
+use super::{Result, SandboxError};
 use crate::process::ChildProc;
+use crate::share::ShareMount;
 use crate::state::StateDir;
 
 /// Start virtiofsd with each bind mounted first in a namespace of its own (read-only ones
 /// remounted read-only); the mountpoints must exist. With `None`, virtiofsd stays in the
 /// caller's namespace and sees what the caller mounts into the share later.
 pub fn spawn(binary: &Path, dir: &StateDir, binds: Option<&[ShareMount]>) -> Result<ChildProc> {
-    let log = std::fs::File::create(dir.dir.join("virtiofsd.log"))?;
+    let log_path = dir.dir.join("virtiofsd.log");
+    let log = std::fs::File::create(&log_path).map_err(|source| SandboxError::Io { path: log_path, source })?;
     let private = binds.is_some();
     let binds: Vec<(CString, CString, bool)> = binds
         .unwrap_or_default()
         .iter()
         .map(|m| {
-            Ok((
-                CString::new(m.source.as_os_str().as_bytes()).context("bind source path")?,
-                CString::new(m.target.as_os_str().as_bytes()).context("share path")?,
-                m.read_only,
-            ))
+            let c = |p: &Path| {
+                CString::new(p.as_os_str().as_bytes())
+                    .map_err(|e| SandboxError::Io { path: p.to_path_buf(), source: e.into() })
+            };
+            Ok((c(&m.source)?, c(&m.target)?, m.read_only))
         })
         .collect::<Result<_>>()?;
     let mut cmd = Command::new(binary);
@@ -52,7 +52,14 @@ pub fn spawn(binary: &Path, dir: &StateDir, binds: Option<&[ShareMount]>) -> Res
             }
             // Keep our mounts out of the host's namespace and the host's out of ours.
             let root = c"/";
-            if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             for (source, target, read_only) in &binds {
@@ -62,12 +69,14 @@ pub fn spawn(binary: &Path, dir: &StateDir, binds: Option<&[ShareMount]>) -> Res
                 }
                 // A bind ignores MS_RDONLY; it takes a remount of the new mount.
                 let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
-                if *read_only && libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), ro, std::ptr::null()) != 0 {
+                if *read_only
+                    && libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), ro, std::ptr::null()) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
             }
             Ok(())
         });
     }
-    ChildProc::spawn("virtiofsd", &mut cmd)
+    Ok(ChildProc::spawn("virtiofsd", &mut cmd)?)
 }

@@ -4,13 +4,13 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anyhow::Result;
-
+use super::{Result, SandboxError};
 use crate::process::ChildProc;
 use crate::state::StateDir;
 
 pub fn spawn(binary: &Path, dir: &StateDir, guest_cid: u32) -> Result<ChildProc> {
-    let log = std::fs::File::create(dir.dir.join("vsock.log"))?;
+    let log_path = dir.dir.join("vsock.log");
+    let log = std::fs::File::create(&log_path).map_err(|source| SandboxError::Io { path: log_path, source })?;
     let mut cmd = Command::new(binary);
     cmd.arg("--vm")
         .arg(format!(
@@ -22,5 +22,5 @@ pub fn spawn(binary: &Path, dir: &StateDir, guest_cid: u32) -> Result<ChildProc>
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    ChildProc::spawn("vhost-device-vsock", &mut cmd)
+    Ok(ChildProc::spawn("vhost-device-vsock", &mut cmd)?)
 }

@@ -77,7 +77,8 @@ fn tree_pss(root: u32) -> (u64, usize) {
         for entry in fs::read_dir("/proc").unwrap().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
             let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+            let ppid =
+                stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
             if ppid == Some(parent) && !pids.contains(&pid) {
                 pids.push(pid);
             }
@@ -88,7 +89,11 @@ fn tree_pss(root: u32) -> (u64, usize) {
         .iter()
         .map(|p| {
             let rollup = fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
-            rollup.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0)
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
         })
         .sum();
     (pss, pids.len())

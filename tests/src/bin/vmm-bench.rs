@@ -54,7 +54,16 @@ fn hull_vmm_once(dir: &Path) -> (f64, f64, u64) {
     let _ = std::fs::remove_file(&console);
     let t0 = epoch_us();
     let mut child = Command::new(vmm_bin())
-        .args(["--kernel", synthetic_guest().to_str().unwrap(), "--cmdline", "hull.idle=1", "--vcpus", "1", "--memory-mib", "128"])
+        .args([
+            "--kernel",
+            synthetic_guest().to_str().unwrap(),
+            "--cmdline",
+            "hull.idle=1",
+            "--vcpus",
+            "1",
+            "--memory-mib",
+            "128",
+        ])
         .arg("--console-log")
         .arg(&console)
         .env("HULL_VMM_LOG", "hull_vmm::timing=info")

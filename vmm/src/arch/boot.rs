@@ -55,8 +55,7 @@ pub struct LoadedKernel {
 /// Load `path`, choosing the loader by its magic number.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
     let display = path.display().to_string();
-    let mut file =
-        File::open(path).map_err(|source| BootError::KernelFile { path: display.clone(), source })?;
+    let mut file = File::open(path).map_err(|source| BootError::KernelFile { path: display.clone(), source })?;
     let mut magic = [0u8; 4];
     file.read_exact(&mut magic).map_err(|source| BootError::KernelFile { path: display.clone(), source })?;
     let load_err = |source| BootError::KernelLoad { path: display.clone(), source };
@@ -89,12 +88,8 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
 /// gives one), page aligned, above the kernel. Returns (address, size).
 pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel: &LoadedKernel) -> Result<(u64, u64), BootError> {
     let display = path.display().to_string();
-    let mut file =
-        File::open(path).map_err(|source| BootError::InitrdFile { path: display.clone(), source })?;
-    let size = file
-        .metadata()
-        .map_err(|source| BootError::InitrdFile { path: display.clone(), source })?
-        .len();
+    let mut file = File::open(path).map_err(|source| BootError::InitrdFile { path: display.clone(), source })?;
+    let size = file.metadata().map_err(|source| BootError::InitrdFile { path: display.clone(), source })?.len();
     let mut top = mem.last_addr().0.min(MMIO_GAP_START - 1);
     if let Some(max) = kernel.setup_header.map(|h| u64::from(h.initrd_addr_max)).filter(|m| *m > 0) {
         top = top.min(max);
@@ -103,8 +98,7 @@ pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel: &LoadedKernel) ->
     let Some(addr) = addr else {
         return Err(BootError::InitrdTooBig { path: display, size });
     };
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
-        .map_err(BootError::Memory)?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize).map_err(BootError::Memory)?;
     Ok((addr, size))
 }
 

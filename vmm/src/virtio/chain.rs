@@ -198,7 +198,10 @@ pub mod tests {
         // A next index beyond the queue.
         assert_eq!(parse(&[(0x5000, 8, NEXT, 99)]).unwrap_err(), ChainError::Broken);
         // Readable after writable.
-        assert_eq!(parse(&[(0x5000, 8, NEXT | WRITE, 1), (0x6000, 8, 0, 0)]).unwrap_err(), ChainError::ReadAfterWrite(1));
+        assert_eq!(
+            parse(&[(0x5000, 8, NEXT | WRITE, 1), (0x6000, 8, 0, 0)]).unwrap_err(),
+            ChainError::ReadAfterWrite(1)
+        );
         // More than the device allows in total.
         let big = parse(&[(0x10_0000, 1 << 20, NEXT, 1), (0x20_0000, 8, 0, 0)]);
         assert!(matches!(big, Err(ChainError::TooLarge { .. })));

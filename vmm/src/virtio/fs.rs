@@ -69,7 +69,8 @@ impl FsDevice {
         let mut config = vec![0u8; TAG_LEN + 4];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes()); // num_request_queues
-        let eventfds = || (0..NUM_QUEUES).map(|_| EventFd::new(libc::EFD_NONBLOCK)).collect::<std::io::Result<Vec<_>>>();
+        let eventfds =
+            || (0..NUM_QUEUES).map(|_| EventFd::new(libc::EFD_NONBLOCK)).collect::<std::io::Result<Vec<_>>>();
         Ok(FsDevice {
             config,
             queue_sizes: vec![queue_size; NUM_QUEUES],
@@ -167,7 +168,9 @@ impl MutEventSubscriber for FsDevice {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
         if fd == self.frontend.as_raw_fd() {
-            tracing::error!("virtio-fs: the vhost-user backend closed its socket; the guest's shared filesystem is gone");
+            tracing::error!(
+                "virtio-fs: the vhost-user backend closed its socket; the guest's shared filesystem is gone"
+            );
             let _ = ops.remove(Events::empty_raw(fd));
             return;
         }
@@ -185,7 +188,8 @@ impl MutEventSubscriber for FsDevice {
         }
         // Readable only when the backend hangs up (it sends nothing unprompted without the
         // backend-request protocol feature, which we do not negotiate).
-        if let Err(e) = ops.add(Events::new_raw(self.frontend.as_raw_fd(), EventSet::HANG_UP | EventSet::READ_HANG_UP)) {
+        if let Err(e) = ops.add(Events::new_raw(self.frontend.as_raw_fd(), EventSet::HANG_UP | EventSet::READ_HANG_UP))
+        {
             tracing::error!("virtio-fs: cannot watch the backend socket: {e:?}");
         }
     }

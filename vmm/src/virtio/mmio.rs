@@ -6,8 +6,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::log_budget::LogBudget;
 use crate::bus::BusDevice;
+use hull_protocol::LogBudget;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
@@ -58,10 +58,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn fresh_queues(device: &Arc<Mutex<D>>) -> Vec<Queue> {
         let dev = device.lock().unwrap_or_else(|p| p.into_inner());
-        dev.queue_max_sizes()
-            .iter()
-            .map(|max| Queue::new(*max).expect("queue sizes are powers of two"))
-            .collect()
+        dev.queue_max_sizes().iter().map(|max| Queue::new(*max).expect("queue sizes are powers of two")).collect()
     }
 
     fn dev(&self) -> std::sync::MutexGuard<'_, D> {
@@ -223,7 +220,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
             self.dev().read_config(offset - CONFIG_SPACE_OFFSET, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }
@@ -237,7 +234,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else { return };
-        if offset % 4 == 0 {
+        if offset.is_multiple_of(4) {
             self.write_u32(offset, u32::from_le_bytes(bytes));
         }
     }

@@ -10,8 +10,6 @@ pub mod mmio;
 pub mod net;
 pub mod vsock;
 
-
-
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_queue::Queue;

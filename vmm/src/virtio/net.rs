@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::Chain;
 use super::{ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_NET};
-use crate::log_budget::LogBudget;
+use hull_protocol::LogBudget;
 
 const QUEUE_SIZES: [u16; 2] = [256, 256];
 const RX: usize = 0;
@@ -35,7 +35,10 @@ impl Tap {
     pub fn open(name: &str) -> std::io::Result<Tap> {
         const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-            return Err(std::io::Error::new(ErrorKind::InvalidInput, format!("tap name {name:?} is empty or too long")));
+            return Err(std::io::Error::new(
+                ErrorKind::InvalidInput,
+                format!("tap name {name:?} is empty or too long"),
+            ));
         }
         let file = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
         // SAFETY: ifreq is plain old data; zeroed is a valid value.
@@ -102,9 +105,8 @@ pub struct NetDevice {
 
 impl NetDevice {
     pub fn new(tap: Tap, mac: [u8; 6], interrupt: Arc<Interrupt>) -> std::io::Result<Self> {
-        let queue_events = (0..QUEUE_SIZES.len())
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
-            .collect::<std::io::Result<Vec<_>>>()?;
+        let queue_events =
+            (0..QUEUE_SIZES.len()).map(|_| EventFd::new(libc::EFD_NONBLOCK)).collect::<std::io::Result<Vec<_>>>()?;
         Ok(NetDevice {
             mac,
             tap,
@@ -187,7 +189,10 @@ impl NetDevice {
                 }
                 Ok(_) => {
                     if self.dropped.allow() {
-                        tracing::warn!("net: a frame did not fit the guest's buffer; dropped ({} so far)", self.dropped.seen());
+                        tracing::warn!(
+                            "net: a frame did not fit the guest's buffer; dropped ({} so far)",
+                            self.dropped.seen()
+                        );
                     }
                 }
                 Err(e) => {

@@ -19,7 +19,7 @@ use self::muxer::{FdOp, Muxer};
 use self::packet::{Header, HEADER_SIZE, MAX_PAYLOAD};
 use super::chain::Chain;
 use super::{ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_VSOCK};
-use crate::log_budget::LogBudget;
+use hull_protocol::LogBudget;
 
 const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
@@ -47,10 +47,14 @@ pub struct VsockDevice {
 
 impl VsockDevice {
     /// `listener` is bound at `uds` already (before any jail is entered).
-    pub fn new(guest_cid: u64, uds: PathBuf, listener: UnixListener, interrupt: Arc<Interrupt>) -> std::io::Result<Self> {
-        let queue_events = (0..QUEUE_SIZES.len())
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
-            .collect::<std::io::Result<Vec<_>>>()?;
+    pub fn new(
+        guest_cid: u64,
+        uds: PathBuf,
+        listener: UnixListener,
+        interrupt: Arc<Interrupt>,
+    ) -> std::io::Result<Self> {
+        let queue_events =
+            (0..QUEUE_SIZES.len()).map(|_| EventFd::new(libc::EFD_NONBLOCK)).collect::<std::io::Result<Vec<_>>>()?;
         Ok(VsockDevice {
             guest_cid,
             queue_events,
@@ -98,7 +102,10 @@ impl VsockDevice {
                 Ok(c) => c,
                 Err(e) => {
                     if self.malformed.allow() {
-                        tracing::warn!("vsock: dropped a malformed request: rx: {e} ({} so far)", self.malformed.seen());
+                        tracing::warn!(
+                            "vsock: dropped a malformed request: rx: {e} ({} so far)",
+                            self.malformed.seen()
+                        );
                     }
                     if active.queues[RX].add_used(&active.mem, head, 0).is_err() {
                         break;
@@ -140,7 +147,10 @@ impl VsockDevice {
 }
 
 /// Decode one guest packet from a tx chain: header, then exactly `len` payload bytes.
-pub fn read_tx_packet<M>(mem: &GuestMemoryMmap, chain: virtio_queue::DescriptorChain<M>) -> Result<(Header, Vec<u8>), String>
+pub fn read_tx_packet<M>(
+    mem: &GuestMemoryMmap,
+    chain: virtio_queue::DescriptorChain<M>,
+) -> Result<(Header, Vec<u8>), String>
 where
     M: std::ops::Deref,
     M::Target: vm_memory::GuestMemory,

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 pub use vmm_sys_util::epoll::EventSet;
 
 use super::packet::*;
-use crate::log_budget::LogBudget;
+use hull_protocol::LogBudget;
 
 /// Credit we grant per connection: guest bytes we will buffer for a slow host reader.
 pub const BUF_ALLOC: u32 = 128 * 1024;
@@ -647,7 +647,8 @@ impl Muxer {
 /// (EAGAIN) instead of stalling the event loop.
 fn connect_nonblocking(path: &std::path::Path) -> std::io::Result<UnixStream> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let fd: OwnedFd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    let fd: OwnedFd =
+        socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
     let addr = UnixAddr::new(path)?;
     connect(fd.as_raw_fd(), &addr)?;
     Ok(UnixStream::from(fd))
@@ -678,7 +679,17 @@ mod tests {
     }
 
     fn guest(op: u16, src_port: u32, dst_port: u32, len: u32) -> Header {
-        Header { src_cid: CID, dst_cid: HOST_CID, src_port, dst_port, len, type_: TYPE_STREAM, op, buf_alloc: 65536, ..Default::default() }
+        Header {
+            src_cid: CID,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            len,
+            type_: TYPE_STREAM,
+            op,
+            buf_alloc: 65536,
+            ..Default::default()
+        }
     }
 
     /// Deliver every readiness the muxer asked the loop to watch.

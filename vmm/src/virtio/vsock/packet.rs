@@ -75,7 +75,18 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let h = Header { src_cid: 3, dst_cid: 2, src_port: 1024, dst_port: 99, len: 5, type_: 1, op: OP_RW, flags: 0, buf_alloc: 4096, fwd_cnt: 7 };
+        let h = Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 1024,
+            dst_port: 99,
+            len: 5,
+            type_: 1,
+            op: OP_RW,
+            flags: 0,
+            buf_alloc: 4096,
+            fwd_cnt: 7,
+        };
         assert_eq!(Header::decode(&h.encode()), h);
         assert_eq!(&h.encode()[30..32], &OP_RW.to_le_bytes());
     }

@@ -1,6 +1,7 @@
 //! Guest-triggerable conditions are logged through a budget: the first few occurrences, then
 //! one in ten thousand with the running count. A hostile guest must not be able to fill the
-//! host's disk or drown real problems by repeating one bad request.
+//! host's disk or drown real problems by repeating one bad request. Shared by everything on
+//! the host that reads what a guest writes: hull-vmm's devices and the runtime's pod.
 
 pub struct LogBudget {
     seen: u64,
@@ -15,7 +16,7 @@ impl LogBudget {
     /// Count one occurrence; true if this one may be logged.
     pub fn allow(&mut self) -> bool {
         self.seen += 1;
-        self.seen <= self.free || self.seen % 10_000 == 0
+        self.seen <= self.free || self.seen.is_multiple_of(10_000)
     }
 
     pub fn seen(&self) -> u64 {

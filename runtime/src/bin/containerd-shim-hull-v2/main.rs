@@ -17,7 +17,6 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Mutex};
@@ -28,7 +27,7 @@ use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::state::StateDir;
+use hull::state::StateDir;
 use service::{Control, Service, TaskService};
 
 /// Where shim daemons keep their sockets (`<hash>.sock`) and sandbox dirs (`<hash>/`).
@@ -97,8 +96,12 @@ impl Args {
     }
 }
 
-/// The binary's entry point; returns the exit code.
-pub fn main() -> i32 {
+fn main() {
+    std::process::exit(run());
+}
+
+/// Parse containerd's flags and do what it asks; returns the exit code.
+fn run() -> i32 {
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
@@ -167,7 +170,7 @@ fn daemon_alive(dir: &Path) -> bool {
     let (Some(pid), Some(start)) = (fields.next().flatten(), fields.next().flatten()) else { return false };
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).unwrap_or("X");
-    crate::supervisor::process_start_time(pid as i32) == Some(start) && !matches!(state, "Z" | "X")
+    hull::process::start_time(pid as i32) == Some(start) && !matches!(state, "Z" | "X")
 }
 
 fn start(args: &Args) -> Result<()> {
@@ -199,36 +202,24 @@ fn start(args: &Args) -> Result<()> {
     let mut cmd = Command::new(std::env::current_exe().context("locating the shim binary")?);
     // The daemon gets containerd's flags back, parsed, so a value that happens to read "start"
     // (an id, a namespace) is never mistaken for the action.
-    cmd.args(["-namespace", &args.namespace, "-address", &args.address, "-publish-binary", &args.publish_binary, "-id", &args.id])
-        .arg("-bundle")
-        .arg(&bundle);
+    cmd.args([
+        "-namespace",
+        &args.namespace,
+        "-address",
+        &args.address,
+        "-publish-binary",
+        &args.publish_binary,
+        "-id",
+        &args.id,
+    ])
+    .arg("-bundle")
+    .arg(&bundle);
     if args.debug {
         cmd.arg("-debug");
     }
-    cmd.arg("serve")
-        .current_dir(&bundle)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid, fcntl and dup2 are async-signal-safe; the fd stays open in the parent until
-    // the child has exec'd.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // dup2 onto itself keeps close-on-exec; clear it instead.
-            let ok = if listen_fd == LISTENER_FD {
-                libc::fcntl(LISTENER_FD, libc::F_SETFD, 0) >= 0
-            } else {
-                libc::dup2(listen_fd, LISTENER_FD) >= 0
-            };
-            if !ok {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    cmd.arg("serve").current_dir(&bundle).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    hull::process::inherit_fds(&mut cmd, vec![(listen_fd, LISTENER_FD)]);
+    hull::process::new_session(&mut cmd);
     let child = cmd.spawn().context("starting the shim daemon")?;
     tracing::debug!(pid = child.id(), "shim daemon started");
     fs::write(bundle.join("address"), &address).context("writing the bundle's address file")?;
@@ -241,7 +232,7 @@ fn start(args: &Args) -> Result<()> {
 fn delete(args: &Args) -> Result<()> {
     let bundle = args.bundle_dir()?;
     // The daemon mounted only in its own namespace, but an older or foreign one may not have.
-    mounts::unmount(&bundle.join("rootfs"));
+    hull::share::unmount(&bundle.join("rootfs"));
     let sandbox = sandbox_of(&bundle, &args.id);
     let key = sandbox_key(args, &sandbox);
     let socket = socket_path(&key);
@@ -279,7 +270,11 @@ fn remove_sandbox_dir(dir: &Path) -> Result<()> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let prefix = format!("{}/", dir.display());
     if let Some(line) = mountinfo.lines().find(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix))) {
-        bail!("{} still has a mount below it ({}); not removing it", dir.display(), line.split(' ').nth(4).unwrap_or(""));
+        bail!(
+            "{} still has a mount below it ({}); not removing it",
+            dir.display(),
+            line.split(' ').nth(4).unwrap_or("")
+        );
     }
     fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
 }
@@ -296,7 +291,8 @@ fn init_logging(args: &Args) {
         }),
     };
     if let Some(file) = file {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(Mutex::new(file)).try_init();
+        let _ =
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(Mutex::new(file)).try_init();
     }
 }
 
@@ -322,7 +318,7 @@ fn serve(args: &Args) -> Result<()> {
     remove_sandbox_dir(&dir.dir)?;
     dir.create()?;
     let me = std::process::id();
-    let started = crate::supervisor::process_start_time(me as i32).unwrap_or(0);
+    let started = hull::process::start_time(me as i32).unwrap_or(0);
     fs::write(dir.dir.join(PID_FILE), format!("{me} {started}\n"))?;
     mounts::make_propagating_share(&dir.share_dir())?;
     tracing::info!(sandbox, dir = %dir.dir.display(), "shim serving");
@@ -351,7 +347,7 @@ fn serve(args: &Args) -> Result<()> {
     // Let the reply to Shutdown reach containerd before the socket goes.
     std::thread::sleep(Duration::from_millis(20));
     service.teardown();
-    mounts::unmount(&dir.share_dir());
+    hull::share::unmount(&dir.share_dir());
     let _ = fs::remove_file(socket_path(&key));
     if let Err(e) = remove_sandbox_dir(&dir.dir) {
         tracing::warn!("{e:#}");
@@ -372,7 +368,10 @@ mod tests {
 
     #[test]
     fn parses_containerd_flags() {
-        let a = Args::parse(argv("-namespace k8s.io -address /run/c.sock -publish-binary /usr/bin/containerd -id abc -debug start")).unwrap();
+        let a = Args::parse(argv(
+            "-namespace k8s.io -address /run/c.sock -publish-binary /usr/bin/containerd -id abc -debug start",
+        ))
+        .unwrap();
         assert_eq!((a.namespace.as_str(), a.address.as_str(), a.id.as_str()), ("k8s.io", "/run/c.sock", "abc"));
         assert!(a.debug);
         assert_eq!(a.action, "start");
@@ -385,7 +384,11 @@ mod tests {
 
     #[test]
     fn sandbox_keys_are_short_and_distinct() {
-        let a = Args { address: "/run/containerd/containerd.sock".into(), namespace: "default".into(), ..Default::default() };
+        let a = Args {
+            address: "/run/containerd/containerd.sock".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        };
         let k1 = sandbox_key(&a, &"f".repeat(64));
         let k2 = sandbox_key(&a, &"e".repeat(64));
         assert_eq!(k1.len(), 32);

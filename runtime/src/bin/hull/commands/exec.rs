@@ -9,83 +9,18 @@
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::Command as Process;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Args;
+use hull::state::Status;
+use hull::terminal::{self, Console, Tty};
 use serde_json::{json, Value};
 
-use super::commands::{global_args, spawn_detached, take_ready_fd, write_pid_file};
-use super::Cli;
-use crate::state::{StateDir, Status};
+use crate::cli::{Cli, ExecArgs};
 use crate::supervisor::control::{request, request_reply, ControlRequest};
-use crate::terminal::{self, Console, Tty};
-use crate::supervisor::{self, Supervisor};
 
-#[derive(Args, Debug, Clone)]
-pub struct ExecArgs {
-    /// OCI `process` JSON to run instead of COMMAND.
-    #[arg(short, long)]
-    pub process: Option<PathBuf>,
-    /// Allocate a terminal (this process's own, or one sent to --console-socket).
-    #[arg(short, long)]
-    pub tty: bool,
-    #[arg(long)]
-    pub console_socket: Option<PathBuf>,
-    /// Return once the process has started.
-    #[arg(short, long)]
-    pub detach: bool,
-    #[arg(long)]
-    pub pid_file: Option<PathBuf>,
-    /// Set an environment variable (NAME=VALUE); repeatable.
-    #[arg(short, long = "env")]
-    pub env: Vec<String>,
-    #[arg(long)]
-    pub cwd: Option<String>,
-    /// UID[:GID] to run as.
-    #[arg(short, long)]
-    pub user: Option<String>,
-    /// Add a capability (e.g. CAP_NET_ADMIN); repeatable.
-    #[arg(long = "cap")]
-    pub caps: Vec<String>,
-    #[arg(long)]
-    pub no_new_privs: bool,
-    /// Additional group ids; repeatable.
-    #[arg(short = 'g', long = "additional-gids")]
-    pub additional_gids: Vec<u32>,
-    /// Pass this many extra fds (from 3); only 0 is possible, as fds cannot enter a VM.
-    #[arg(long, default_value_t = 0)]
-    pub preserve_fds: u32,
-    /// Accepted for runc compatibility: the guest has no SELinux or AppArmor.
-    #[arg(long)]
-    pub process_label: Option<String>,
-    /// Accepted for runc compatibility: the guest has no SELinux or AppArmor.
-    #[arg(long)]
-    pub apparmor: Option<String>,
-    /// Accepted for runc compatibility: the exec joins the container's cgroup in the guest.
-    #[arg(long)]
-    pub cgroup: Option<String>,
-    /// Accepted for runc compatibility; a paused container still refuses exec (its VM's
-    /// processes are frozen).
-    #[arg(long)]
-    pub ignore_paused: bool,
-    /// Internal: report readiness on this fd (the detached copy `-d` starts).
-    #[arg(long, hide = true)]
-    pub ready_fd: Option<i32>,
-    pub id: String,
-    /// The command and its arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub command: Vec<String>,
-}
-
-pub fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
-    let dir = StateDir::new(&cli.root, &args.id)?;
-    let state = dir.read()?;
-    match supervisor::effective_status(&state) {
-        Status::Running => {}
-        other => bail!("cannot exec in a container that is {}", other.as_str()),
-    }
+pub fn run(cli: &Cli, args: &ExecArgs) -> Result<i32> {
+    let (dir, state) = super::container(cli, &args.id, "exec in", &[Status::Running])?;
     let process = build_process(&state.bundle, args)?;
     let terminal = process["terminal"] == json!(true);
     if args.detach {
@@ -96,29 +31,35 @@ pub fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
     }
     let console = args.console_socket.clone().map(Console::Socket).unwrap_or(Console::Own);
 
-    let signals = Supervisor::block_forwarded_signals()?;
+    let signals = crate::supervisor::block_forwarded_signals()?;
     let exec_id = match args.ready_fd {
         Some(_) => std::env::var("HULL_EXEC_ID").context("detached exec without its id")?,
         None => new_exec_id(),
     };
     let socket = dir.control_socket();
-    let started = request(&socket, &ControlRequest::Exec { exec_id: exec_id.clone(), process }, Duration::from_secs(90));
+    // The host ends first, a terminal's master sent to --console-socket among them: runc sends
+    // it before `exec -d` returns, and conmon reads its console socket once the runtime's exec
+    // has exited; sent later, conmon sees no terminal and fails the exec.
+    let started = terminal::endpoints(terminal, &console).map_err(anyhow::Error::from).and_then(|ends| {
+        request(&socket, &ControlRequest::Exec { exec_id: exec_id.clone(), process }, Duration::from_secs(90))?;
+        Ok(ends)
+    });
     if let Some(fd) = args.ready_fd {
-        let mut ready = take_ready_fd(fd);
+        let mut ready = crate::detach::take_ready_fd(fd);
         let _ = match &started {
-            Ok(()) => ready.write_all(b"ok\n"),
+            Ok(_) => ready.write_all(b"ok\n"),
             Err(e) => write!(ready, "{e:#}"),
         };
     }
-    started?;
-    let (mut relays, tty) = terminal::attach(&dir.vsock_socket(), &args.id, Some(&exec_id), terminal, &console)?;
+    let (ends, tty) = started?;
+    let mut relays = hull::stdio::attach(&dir.vsock_socket(), &args.id, Some(&exec_id), ends)?;
 
     let forward_socket = socket.clone();
     let forward_exec = exec_id.clone();
     let size_of = tty.as_ref().map(Tty::watcher).transpose()?;
     let resize = move || {
         let Some((width, height)) = size_of.as_ref().and_then(|fd| terminal::size(fd.as_fd())) else { return };
-        let req = ControlRequest::Resize { exec_id: forward_exec.clone(), width, height };
+        let req = ControlRequest::Resize { exec_id: Some(forward_exec.clone()), width, height };
         let _ = request(&forward_socket, &req, Duration::from_secs(10));
     };
     resize();
@@ -135,7 +76,7 @@ pub fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
         }
     })?;
 
-    let reply = request_reply(&socket, &ControlRequest::WaitExec { exec_id }, None)?;
+    let reply = request_reply(&socket, &ControlRequest::Wait { exec_id }, None)?;
     relays.finish(Duration::from_secs(5));
     reply.status.ok_or_else(|| anyhow!("supervisor did not report the exec's status"))
 }
@@ -143,9 +84,8 @@ pub fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
 /// `exec -d`: start a detached copy of this command that relays and waits; it reports back
 /// once the process has started.
 fn detach(cli: &Cli, args: &ExecArgs) -> Result<i32> {
-    let mut cmd = Process::new(supervisor::self_exe()?);
-    global_args(cli, &mut cmd);
-    cmd.arg("exec").args(["--ready-fd", "3"]);
+    let mut cmd = crate::detach::hull_command(cli)?;
+    cmd.arg("exec").args(["--ready-fd", &crate::detach::READY_FD.to_string()]);
     if let Some(p) = &args.process {
         cmd.arg("--process").arg(p);
     }
@@ -175,15 +115,16 @@ fn detach(cli: &Cli, args: &ExecArgs) -> Result<i32> {
     }
     cmd.arg(&args.id).arg("--").args(&args.command);
     cmd.env("HULL_EXEC_ID", new_exec_id());
-    let pid = spawn_detached(cmd, PathBuf::from("the --log file"))?;
+    let pid = crate::detach::spawn(cmd, PathBuf::from("the --log file"))?;
     if let Some(path) = &args.pid_file {
-        write_pid_file(path, pid)?;
+        crate::pid_file::write(path, pid)?;
     }
     Ok(0)
 }
 
 fn new_exec_id() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("exec-{}-{nanos}", std::process::id())
 }
 
@@ -193,8 +134,8 @@ fn build_process(bundle: &std::path::Path, args: &ExecArgs) -> Result<Value> {
     let mut process = match &args.process {
         Some(path) => {
             let bytes = std::fs::read(path).map_err(|e| anyhow!("--process {}: {e}", path.display()))?;
-            let value: Value =
-                serde_json::from_slice(&bytes).map_err(|e| anyhow!("--process {}: not valid JSON: {e}", path.display()))?;
+            let value: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow!("--process {}: not valid JSON: {e}", path.display()))?;
             serde_path_to_error::deserialize::<_, oci_spec::runtime::Process>(&value)
                 .map_err(|e| anyhow!("--process {}: field `{}`: {}", path.display(), e.path(), e.inner()))?;
             value
@@ -204,9 +145,11 @@ fn build_process(bundle: &std::path::Path, args: &ExecArgs) -> Result<Value> {
                 bail!("exec needs a command (or --process FILE)");
             }
             let config = bundle.join("config.json");
-            let spec: Value = serde_json::from_slice(&std::fs::read(&config).map_err(|e| anyhow!("{}: {e}", config.display()))?)
-                .map_err(|e| anyhow!("{}: {e}", config.display()))?;
-            let mut p = spec.get("process").cloned().unwrap_or_else(|| json!({"cwd": "/", "user": {"uid": 0, "gid": 0}}));
+            let spec: Value =
+                serde_json::from_slice(&std::fs::read(&config).map_err(|e| anyhow!("{}: {e}", config.display()))?)
+                    .map_err(|e| anyhow!("{}: {e}", config.display()))?;
+            let mut p =
+                spec.get("process").cloned().unwrap_or_else(|| json!({"cwd": "/", "user": {"uid": 0, "gid": 0}}));
             p["args"] = json!(args.command);
             p["terminal"] = json!(false);
             p
@@ -240,7 +183,7 @@ fn build_process(bundle: &std::path::Path, args: &ExecArgs) -> Result<Value> {
         }
     }
     for cap in &args.caps {
-        if !crate::spec::is_known_capability(cap) {
+        if !hull::spec::is_known_capability(cap) {
             bail!("--cap {cap:?}: unknown capability");
         }
         for set in ["bounding", "effective", "permitted"] {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use containerd_shim_protos::api::Mount;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
 /// Move the calling (single-threaded) process into a mount namespace of its own. Host mounts
@@ -29,39 +29,6 @@ pub fn make_propagating_share(share: &Path) -> Result<()> {
         .with_context(|| format!("making {} shared", share.display()))
 }
 
-pub fn bind(source: &Path, target: &Path) -> Result<()> {
-    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .with_context(|| format!("bind-mounting {} on {}", source.display(), target.display()))
-}
-
-/// Bind `source` on `target` read-only, with `staging` (an empty directory, or file for a file
-/// source, outside the share) as a waypoint. A bind copies the flags of the mount it binds, so
-/// the copy that propagates into virtiofsd's namespace is read-only from the moment it exists,
-/// rather than depending on how a later remount of the share's copy propagates (mount(2)
-/// describes remount flags as per mount).
-pub fn bind_read_only(source: &Path, target: &Path, staging: &Path) -> Result<()> {
-    bind(source, staging)?;
-    let result = mount(None::<&str>, staging, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
-        .with_context(|| format!("making {} read-only", staging.display()))
-        .and_then(|()| bind(staging, target));
-    unmount(staging);
-    result
-}
-
-/// Detach whatever is mounted on `target` (all of it, recursively); absent is fine.
-pub fn unmount(target: &Path) {
-    loop {
-        match umount2(target, MntFlags::MNT_DETACH) {
-            Ok(()) => continue,
-            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => return,
-            Err(e) => {
-                tracing::warn!("unmounting {}: {e}", target.display());
-                return;
-            }
-        }
-    }
-}
-
 /// Mount containerd's rootfs mount list (an overlay snapshot, a bind, …) on `target`.
 pub fn mount_rootfs(mounts: &[Mount], target: &Path) -> Result<()> {
     for (i, m) in mounts.iter().enumerate() {
@@ -80,8 +47,14 @@ pub fn mount_rootfs(mounts: &[Mount], target: &Path) -> Result<()> {
         mount(Some(m.source.as_str()), target, fstype, flags, data)
             .with_context(|| format!("rootfs[{i}]: mounting {} ({}) on {}", m.source, m.type_, target.display()))?;
         if read_only {
-            mount(None::<&str>, target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
-                .with_context(|| format!("rootfs[{i}]: remounting {} read-only", target.display()))?;
+            mount(
+                None::<&str>,
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .with_context(|| format!("rootfs[{i}]: remounting {} read-only", target.display()))?;
         }
     }
     Ok(())

@@ -1,18 +1,10 @@
-//! The runc-compatible command line. Thin: parse, set up logging, call the library.
-
-mod commands;
-mod exec;
-mod inspect;
-mod logging;
-mod resources;
-mod signal;
+//! The runc-compatible command line: flags and verbs, as clap parses them.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
-
-use crate::hypervisor::BackendKind;
-use crate::state::DEFAULT_ROOT;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hull::hypervisor::BackendKind;
+use hull::state::DEFAULT_ROOT;
 
 #[derive(Parser, Debug)]
 #[command(name = "hull", version, about = "Run OCI containers, each inside its own microVM")]
@@ -82,7 +74,7 @@ pub enum LogFormat {
 }
 
 fn parse_backend(s: &str) -> Result<BackendKind, String> {
-    s.parse().map_err(|e: anyhow::Error| e.to_string())
+    s.parse().map_err(|e: hull::hypervisor::HypervisorError| e.to_string())
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,7 +133,7 @@ pub enum Command {
         id: String,
     },
     /// Run another process in a running container.
-    Exec(exec::ExecArgs),
+    Exec(ExecArgs),
     /// Freeze every process of a running container.
     Pause { id: String },
     /// Thaw a paused container.
@@ -162,7 +154,7 @@ pub enum Command {
         id: String,
     },
     /// Change a running container's resource limits.
-    Update(resources::UpdateArgs),
+    Update(UpdateArgs),
     /// List containers.
     List {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
@@ -202,30 +194,79 @@ pub enum Command {
     },
 }
 
-/// Print `text` and a newline on stdout. A reader that went away (`hull list | head`) is not
-/// an error worth a panic.
-pub(crate) fn emit(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.write_all(b"\n"));
+#[derive(Args, Debug, Clone)]
+pub struct ExecArgs {
+    /// OCI `process` JSON to run instead of COMMAND.
+    #[arg(short, long)]
+    pub process: Option<PathBuf>,
+    /// Allocate a terminal (this process's own, or one sent to --console-socket).
+    #[arg(short, long)]
+    pub tty: bool,
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Return once the process has started.
+    #[arg(short, long)]
+    pub detach: bool,
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Set an environment variable (NAME=VALUE); repeatable.
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// UID[:GID] to run as.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Add a capability (e.g. CAP_NET_ADMIN); repeatable.
+    #[arg(long = "cap")]
+    pub caps: Vec<String>,
+    #[arg(long)]
+    pub no_new_privs: bool,
+    /// Additional group ids; repeatable.
+    #[arg(short = 'g', long = "additional-gids")]
+    pub additional_gids: Vec<u32>,
+    /// Pass this many extra fds (from 3); only 0 is possible, as fds cannot enter a VM.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Accepted for runc compatibility: the guest has no SELinux or AppArmor.
+    #[arg(long)]
+    pub process_label: Option<String>,
+    /// Accepted for runc compatibility: the guest has no SELinux or AppArmor.
+    #[arg(long)]
+    pub apparmor: Option<String>,
+    /// Accepted for runc compatibility: the exec joins the container's cgroup in the guest.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// Accepted for runc compatibility; a paused container still refuses exec (its VM's
+    /// processes are frozen).
+    #[arg(long)]
+    pub ignore_paused: bool,
+    /// Internal: report readiness on this fd (the detached copy `-d` starts).
+    #[arg(long, hide = true)]
+    pub ready_fd: Option<i32>,
+    pub id: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }
 
-/// Run the CLI; returns the process exit status.
-pub fn main() -> i32 {
-    let cli = Cli::parse();
-    let log_to_file = logging::init(&cli);
-    match commands::dispatch(&cli) {
-        Ok(status) => status,
-        Err(e) => {
-            let msg = format!("{e:#}");
-            // JSON logs on stderr carry the error themselves; otherwise say it plainly there.
-            if log_to_file || cli.log_format == LogFormat::Json {
-                tracing::error!("{msg}");
-            }
-            if log_to_file || cli.log_format == LogFormat::Text {
-                eprintln!("hull: error: {msg}");
-            }
-            1
-        }
-    }
+#[derive(Args, Debug, Clone)]
+pub struct UpdateArgs {
+    /// OCI `linux.resources` JSON file ("-" for stdin); the flags below override it.
+    #[arg(short, long)]
+    pub resources: Option<PathBuf>,
+    /// Memory limit in bytes (suffixes k, m, g allowed; -1 for none).
+    #[arg(long, allow_hyphen_values = true)]
+    pub memory: Option<String>,
+    #[arg(long)]
+    pub cpu_shares: Option<u64>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub cpu_quota: Option<i64>,
+    #[arg(long)]
+    pub cpu_period: Option<u64>,
+    #[arg(long)]
+    pub cpuset_cpus: Option<String>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
+    pub id: String,
 }

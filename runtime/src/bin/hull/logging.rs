@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
 
-use super::{Cli, Command, LogFormat};
+use crate::cli::{Cli, Command, LogFormat};
 
 /// Install the subscriber; returns true when logs go to a file (so errors must also be
 /// printed on stderr for the caller to see them).

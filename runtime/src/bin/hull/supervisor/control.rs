@@ -1,17 +1,20 @@
-//! The supervisor's control socket: how later CLI invocations (`start`, `kill`, `delete`)
-//! reach the process that owns the VM. One JSON request per connection, one JSON reply.
+//! The supervisor's control socket: how later CLI invocations (`start`, `kill`, `exec`, …)
+//! reach the process that owns the container's pod. One JSON request per connection, one
+//! JSON reply; the requests are the pod's operations on the one container.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
+use hull::pod::PodError;
+use hull_protocol::ErrorKind;
 use serde::{Deserialize, Serialize};
 
-/// Largest request line accepted (requests are tiny; the socket is root-only anyway).
-const MAX_REQUEST: u64 = 4096;
+/// Largest request or reply line accepted (requests are tiny; `ps` replies are the largest).
+const MAX_LINE: u64 = 4 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -24,12 +27,22 @@ pub enum ControlRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         exec_id: Option<String>,
     },
-    /// Start an OCI `process` in the running container.
-    Exec { exec_id: String, process: serde_json::Value },
-    /// Answer once exec `exec_id` has ended, with its status.
-    WaitExec { exec_id: String },
-    /// Set the size of exec `exec_id`'s terminal.
-    Resize { exec_id: String, width: u16, height: u16 },
+    /// Start an OCI `process` in the running container; `hull exec` connects its streams.
+    Exec {
+        exec_id: String,
+        process: serde_json::Value,
+    },
+    /// Answer once exec `exec_id` has ended, with its status; the exec is forgotten then.
+    Wait {
+        exec_id: String,
+    },
+    /// Set the size of a terminal (the init's without `exec_id`).
+    Resize {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_id: Option<String>,
+        width: u16,
+        height: u16,
+    },
     Pause,
     Resume,
     /// List the container's processes.
@@ -37,16 +50,32 @@ pub enum ControlRequest {
     /// Read the container's resource counters.
     Stats,
     /// Change the container's limits.
-    Update { update: hull_protocol::ResourceUpdate },
+    Update {
+        update: hull_protocol::ResourceUpdate,
+    },
     /// Stop the container and the VM now (`delete --force`).
     Destroy,
+}
+
+/// A failed request: the core's error kind and message.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ControlError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl From<PodError> for ControlError {
+    fn from(e: PodError) -> Self {
+        ControlError { kind: e.kind(), message: e.to_string() }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ControlReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Exit status, for `wait_exec`.
+    pub error: Option<ControlError>,
+    /// Exit status, for `wait`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<i32>,
     /// For `ps`.
@@ -58,46 +87,39 @@ pub struct ControlReply {
 }
 
 impl ControlReply {
-    pub fn failed(message: impl Into<String>) -> Self {
-        ControlReply { error: Some(message.into()), ..Default::default() }
-    }
-
-    pub fn from_result(r: Result<()>) -> Self {
-        ControlReply { error: r.err().map(|e| format!("{e:#}")), ..Default::default() }
+    pub fn failed(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ControlReply { error: Some(ControlError { kind, message: message.into() }), ..Default::default() }
     }
 }
 
-pub type Incoming = (ControlRequest, Sender<ControlReply>);
+impl<E: Into<ControlError>> From<Result<ControlReply, E>> for ControlReply {
+    fn from(r: Result<ControlReply, E>) -> Self {
+        r.unwrap_or_else(|e| ControlReply { error: Some(e.into()), ..Default::default() })
+    }
+}
 
-/// Accept requests on `path` and hand each to `tx` with a channel for the reply.
-pub fn serve(path: &Path, tx: Sender<Incoming>) -> Result<()> {
+/// Accept requests on `path`, each on a thread of its own, answered by `handle`.
+pub fn serve(path: &Path, handle: Arc<dyn Fn(ControlRequest) -> ControlReply + Send + Sync>) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|e| anyhow!("binding {}: {e}", path.display()))?;
     std::thread::Builder::new().name("control".into()).spawn(move || {
         for conn in listener.incoming().flatten() {
-            let tx = tx.clone();
-            let _ = std::thread::Builder::new().name("control-conn".into()).spawn(move || handle(conn, &tx));
+            let handle = handle.clone();
+            let _ = std::thread::Builder::new().name("control-conn".into()).spawn(move || answer(conn, &*handle));
         }
     })?;
     Ok(())
 }
 
-fn handle(conn: UnixStream, tx: &Sender<Incoming>) {
-    let shutting_down = || ControlReply::failed("container supervisor is shutting down");
+fn answer(conn: UnixStream, handle: &dyn Fn(ControlRequest) -> ControlReply) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
     let mut line = String::new();
-    let reply = match BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line) {
-        Err(e) => ControlReply::failed(format!("reading request: {e}")),
+    let reply = match BufReader::new((&conn).take(MAX_LINE)).read_line(&mut line) {
+        Err(e) => ControlReply::failed(ErrorKind::InvalidArgument, format!("reading request: {e}")),
         Ok(_) => match serde_json::from_str::<ControlRequest>(&line) {
-            Err(e) => ControlReply::failed(format!("malformed request: {e}")),
-            Ok(req) => {
-                let (reply_tx, reply_rx) = mpsc::channel();
-                match tx.send((req, reply_tx)) {
-                    Err(_) => shutting_down(),
-                    Ok(()) => reply_rx.recv().unwrap_or_else(|_| shutting_down()),
-                }
-            }
+            Err(e) => ControlReply::failed(ErrorKind::InvalidArgument, format!("malformed request: {e}")),
+            Ok(req) => handle(req),
         },
     };
     let mut conn = conn;
@@ -111,14 +133,15 @@ pub fn request(path: &Path, req: &ControlRequest, timeout: Duration) -> Result<(
 }
 
 /// Send one request and return the supervisor's reply (`timeout: None` waits as long as it
-/// takes, for `wait_exec`).
+/// takes, for `wait`).
 pub fn request_reply(path: &Path, req: &ControlRequest, timeout: Option<Duration>) -> Result<ControlReply> {
     let mut conn = UnixStream::connect(path).map_err(|e| anyhow!("container supervisor not reachable ({e})"))?;
     conn.set_read_timeout(timeout)?;
+    conn.set_write_timeout(Some(Duration::from_secs(10)))?;
     conn.write_all(&serde_json::to_vec(req)?)?;
     conn.write_all(b"\n")?;
     let mut line = String::new();
-    BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line)?;
+    BufReader::new((&conn).take(MAX_LINE)).read_line(&mut line)?;
     if line.is_empty() {
         // The supervisor ended while handling the request: expected only for `destroy`.
         return match req {
@@ -129,6 +152,6 @@ pub fn request_reply(path: &Path, req: &ControlRequest, timeout: Option<Duration
     let reply: ControlReply = serde_json::from_str(&line).map_err(|e| anyhow!("supervisor reply: {e}"))?;
     match reply.error {
         None => Ok(reply),
-        Some(e) => Err(anyhow!(e)),
+        Some(e) => Err(e.into()),
     }
 }
