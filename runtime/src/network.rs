@@ -26,8 +26,14 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 pub enum NetworkError {
     #[error("network namespace {}: {source}", path.display())]
     Namespace { path: PathBuf, source: std::io::Error },
-    #[error("network namespace {} has no interface besides loopback", .0.display())]
+    #[error("network namespace {} has no veth to attach the VM to", .0.display())]
     NoInterfaces(PathBuf),
+    /// The path names the host's own network namespace (or this process's): attaching would
+    /// redirect the host's links into the VM.
+    #[error("network namespace {} is the host's own; a VM cannot share the host's network", .0.display())]
+    HostNamespace(PathBuf),
+    #[error("recording the attachment: {0}")]
+    Record(String),
     #[error("attaching {veth}: {source}")]
     Attach { veth: String, source: Box<NetworkError> },
     #[error("{0} already has an ingress qdisc (is another sandbox attached to this namespace?)")]
@@ -73,14 +79,20 @@ pub struct Attachment {
 }
 
 /// Enter the network namespace at `path`, pair every veth with a tap, and collect what the
-/// guest must mirror. On error nothing is left in the namespace.
-pub fn attach(path: &Path) -> Result<Attachment> {
+/// guest must mirror. Only veths are attached (a physical NIC, bridge or dummy in the
+/// namespace is left alone), and the host's own namespace is refused. `record` is called with
+/// what must be undone there before anything is changed, so a crash at any point leaves a
+/// record. On error nothing is left in the namespace.
+pub fn attach(path: &Path, record: &mut dyn FnMut(&Record) -> std::result::Result<(), String>) -> Result<Attachment> {
     let netns = File::open(path).map_err(|source| NetworkError::Namespace { path: path.to_path_buf(), source })?;
+    refuse_host_namespace(&netns, path)?;
+    let veths = in_netns(&netns, |handle| async move { list_veths(&handle).await })?;
+    if veths.is_empty() {
+        return Err(NetworkError::NoInterfaces(path.to_path_buf()));
+    }
+    record(&Record { netns: path.to_path_buf(), veth_indexes: veths.iter().map(|v| v.index).collect() })
+        .map_err(NetworkError::Record)?;
     let found = in_netns(&netns, |handle| async move {
-        let veths = list_veths(&handle).await?;
-        if veths.is_empty() {
-            return Err(NetworkError::NoInterfaces(path.to_path_buf()));
-        }
         // Every ingress qdisc this attach added, so a failure removes exactly those and never
         // another sandbox's redirect in a shared namespace.
         let mut added = Vec::new();
@@ -199,11 +211,34 @@ struct Veth {
     iface: Interface,
 }
 
+/// A namespace file that is the host's network namespace (PID 1's) or this process's.
+fn refuse_host_namespace(netns: &File, path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let theirs =
+        netns.metadata().map(id).map_err(|source| NetworkError::Namespace { path: path.to_path_buf(), source })?;
+    for host in ["/proc/1/ns/net", "/proc/self/ns/net"] {
+        if std::fs::metadata(host).map(id).ok() == Some(theirs) {
+            return Err(NetworkError::HostNamespace(path.to_path_buf()));
+        }
+    }
+    Ok(())
+}
+
+/// Is this link a veth? (Its kind, from IFLA_LINKINFO.)
+fn is_veth(link: &netlink_packet_route::link::LinkMessage) -> bool {
+    use netlink_packet_route::link::{InfoKind, LinkInfo};
+    link.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
+        _ => false,
+    })
+}
+
 async fn list_veths(handle: &Handle) -> Result<Vec<Veth>> {
     let mut links = handle.link().get().execute();
     let mut veths = Vec::new();
     while let Some(link) = links.try_next().await.map_err(netlink("listing links"))? {
-        if link.header.link_layer_type != LinkLayerType::Ether {
+        if link.header.link_layer_type != LinkLayerType::Ether || !is_veth(&link) {
             continue;
         }
         let mut name = None;

@@ -221,3 +221,68 @@ fn a_killed_supervisor_takes_its_vm_along_and_delete_cleans_the_namespace() {
     env.assert_clean();
     assert_eq!(net.residue(), "", "the crashed sandbox's redirect was left in the namespace");
 }
+
+/// A config naming the runtime's own network namespace would hand its links to the VM. The
+/// test runs hull inside a namespace of its own, standing in for the host, so that even a
+/// hull that got this wrong could only touch the test's veth, never this machine's eth0.
+#[test]
+fn the_runtimes_own_network_namespace_is_refused() {
+    let env = Env::new("hostns");
+    let net = Net::new("own", 5);
+    let b = env.bundle("b", &["true"]);
+    // (/proc/1/ns/net is refused the same way where it can be read; in this workplace's
+    // sandbox even root may not read PID 1's namespace links.)
+    for path in ["/proc/self/ns/net", "/proc/thread-self/ns/net"] {
+        join_netns(&b, path);
+        let out = Command::new("ip")
+            .args(["netns", "exec", &net.ns])
+            .arg(hull_bin())
+            .args(["--root", env.root.to_str().unwrap(), "run", "--bundle", b.path(), "c1"])
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{path} was accepted");
+        assert!(stderr.contains(path) && stderr.contains("host's own"), "{path}: {stderr}");
+        assert_eq!(net.residue(), "", "{path}: the namespace was touched");
+        env.assert_clean();
+    }
+    // Nothing ever reached this machine's own links either.
+    let host = sh("tc qdisc show");
+    assert!(!host.lines().any(|l| l.contains("ingress") && !l.contains("hvh-") && !l.contains("hbr-")), "{host}");
+}
+
+/// Only veths are attached: a bridge with an address (standing for any Ethernet link that is
+/// not a veth, a physical NIC among them: this kernel has no dummy links) in the same namespace
+/// gets no tap, no redirect, and no twin in the guest.
+#[test]
+fn only_veths_are_attached() {
+    let env = Env::new("vethonly");
+    let net = Net::new("dum", 6);
+    let ns = &net.ns;
+    sh(&format!(
+        "set -e
+         ip netns exec {ns} ip link add dummy0 type bridge
+         ip netns exec {ns} ip addr add 10.202.6.2/24 dev dummy0
+         ip netns exec {ns} ip link set dummy0 up"
+    ));
+    let b = env.bundle("b", &["sh", "-c", "ls /sys/class/net; ip -o addr show"]);
+    join_netns(&b, &net.path());
+    let out = env.hull_detached(&["create", "--bundle", b.path(), "c1"]);
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+    let qdiscs = sh(&format!("ip netns exec {ns} tc qdisc show"));
+    assert!(qdiscs.lines().any(|l| l.contains("ingress") && l.contains("eth0")), "the veth is not attached: {qdiscs}");
+    assert!(!qdiscs.lines().any(|l| l.contains("ingress") && l.contains("dummy0")), "the dummy was attached: {qdiscs}");
+    let taps = sh(&format!("ip netns exec {ns} ip -o link show"));
+    assert_eq!(taps.lines().filter(|l| l.contains("hulltap")).count(), 1, "{taps}");
+    let out = env.hull_out(&["delete", "--force", "c1"]);
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    assert_eq!(net.residue(), "");
+    assert!(!sh(&format!("ip netns exec {ns} tc qdisc show dev dummy0")).contains("ingress"));
+    // The guest has the veth's twin and nothing of the other link.
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c2"]);
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "run: {}", text(&out.stderr));
+    assert!(shown.contains("10.201.6.2/24") && !shown.contains("10.202.6.2"), "{shown}");
+    assert_eq!(shown.lines().take_while(|l| !l.contains(':')).collect::<Vec<_>>(), ["eth0", "lo"], "{shown}");
+    env.assert_clean();
+}

@@ -19,6 +19,8 @@ pub enum PodError {
     InvalidState(#[from] InvalidState),
     #[error("{field}: {message}")]
     InvalidArgument { field: &'static str, message: String },
+    #[error("{0} is being started; try again once its start has returned")]
+    Busy(String),
     #[error("{0} has no terminal to resize")]
     NoTerminal(String),
     #[error("the sandbox VM failed: {0}")]
@@ -58,9 +60,11 @@ impl PodError {
             PodError::InvalidState(InvalidState { op: Op::Signal, state: ProcessState::Stopped, .. }) => {
                 ErrorKind::NotFound
             }
-            PodError::InvalidState(_) | PodError::NoTerminal(_) | PodError::SandboxFailed(_) | PodError::Stopping => {
-                ErrorKind::FailedPrecondition
-            }
+            PodError::InvalidState(_)
+            | PodError::Busy(_)
+            | PodError::NoTerminal(_)
+            | PodError::SandboxFailed(_)
+            | PodError::Stopping => ErrorKind::FailedPrecondition,
             PodError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             PodError::Agent { source, .. } => source.kind(),
             PodError::Sandbox(_)

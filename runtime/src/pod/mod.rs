@@ -56,6 +56,9 @@ pub const SANDBOX_FAILED: i32 = 255;
 pub const KILLED: i32 = 128 + libc::SIGKILL;
 /// How long an exit waits for the process's output to drain before it is recorded.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+/// How long the guest has to report the exit of a container's init after SIGKILL. The host
+/// decides death: past this, the VM is stopped and the container recorded as killed.
+pub const KILL_GRACE: Duration = Duration::from_secs(10);
 
 pub type Result<T> = std::result::Result<T, PodError>;
 
@@ -89,8 +92,8 @@ pub struct PodConfig<'a> {
     /// The first container's id and bundle.
     pub first_id: &'a str,
     pub first: &'a Bundle,
-    /// Called once the network namespace is attached, before the VM boots, with what must be
-    /// undone there should this process die (the CLI keeps it in `state.json`).
+    /// Called before anything changes in the network namespace, with what must be undone
+    /// there should this process die (the CLI keeps it in `state.json`).
     pub on_network: &'a mut dyn FnMut(&network::Record) -> Result<()>,
 }
 
@@ -181,6 +184,8 @@ impl Table {
 }
 
 pub struct Pod {
+    /// This pod, for the threads it starts (they must not keep it alive).
+    me: Weak<Pod>,
     dir: StateDir,
     share: ShareMode,
     agent: Agent,
@@ -193,6 +198,7 @@ pub struct Pod {
     /// Warnings the guest can trigger (notices about processes it was never given) are
     /// logged through this, so a flood cannot fill the host's logs.
     guest_warnings: Mutex<hull_protocol::LogBudget>,
+    kill_grace: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -227,10 +233,11 @@ impl Pod {
     pub fn boot(config: PodConfig<'_>, events: EventSink) -> Result<Arc<Pod>> {
         let assets = crate::assets::Assets::locate()?;
         let bundle = config.first;
-        let network = bundle.netns.as_deref().map(network::attach).transpose()?;
-        if let Some(net) = &network {
-            (config.on_network)(&net.record())?;
-        }
+        let on_network = config.on_network;
+        let network = match bundle.netns.as_deref() {
+            Some(path) => Some(network::attach(path, &mut |record| on_network(record).map_err(|e| e.to_string()))?),
+            None => None,
+        };
         let nics = network
             .iter()
             .flat_map(|n| &n.taps)
@@ -262,8 +269,24 @@ impl Pod {
         network: Option<Attachment>,
         events: EventSink,
     ) -> Result<Arc<Pod>> {
+        Self::assemble_with_grace(dir, share, vm, agent, notices, network, events, KILL_GRACE)
+    }
+
+    /// [`Pod::assemble`] with another [`KILL_GRACE`] (tests).
+    #[allow(clippy::too_many_arguments)]
+    pub fn assemble_with_grace(
+        dir: StateDir,
+        share: ShareMode,
+        vm: Box<dyn Vm>,
+        agent: Agent,
+        notices: Receiver<AgentNotice>,
+        network: Option<Attachment>,
+        events: EventSink,
+        kill_grace: Duration,
+    ) -> Result<Arc<Pod>> {
         let pidfds = vm.pidfds()?;
-        let pod = Arc::new(Pod {
+        let pod = Arc::new_cyclic(|me| Pod {
+            me: me.clone(),
             dir,
             share,
             agent,
@@ -274,6 +297,7 @@ impl Pod {
             vm: Mutex::new(Some(vm)),
             network: Mutex::new(network),
             guest_warnings: Mutex::new(hull_protocol::LogBudget::new(8)),
+            kill_grace,
         });
         let weak = Arc::downgrade(&pod);
         std::thread::Builder::new()
@@ -339,32 +363,43 @@ impl Pod {
     pub fn create_container(&self, id: &str, bundle: &Bundle, io: Option<[Endpoint; 3]>) -> Result<i32> {
         hull_protocol::validate_id(id)
             .map_err(|message| PodError::InvalidArgument { field: "container id", message })?;
-        let first = {
+        // The pod's first container is created alone: the others join its namespaces, so they
+        // wait until its guest pid is known (or take its place if its creation failed).
+        let join = {
             let mut table = lock(&self.table);
-            table.usable()?;
-            if table.containers.contains_key(id) || table.creating.contains(id) {
-                return Err(PodError::ContainerExists(id.into()));
+            loop {
+                table.usable()?;
+                if table.containers.contains_key(id) || table.creating.contains(id) {
+                    return Err(PodError::ContainerExists(id.into()));
+                }
+                if let Some(pid) = table.first_guest_pid {
+                    break Some(pid);
+                }
+                if table.creating.is_empty() {
+                    break None;
+                }
+                table = self.changed.wait(table).unwrap_or_else(|e| e.into_inner());
             }
-            let first = table.containers.is_empty() && table.creating.is_empty() && table.first_guest_pid.is_none();
-            if self.share == ShareMode::Private && !first {
-                return Err(PodError::InvalidArgument {
-                    field: "container id",
-                    message: "this sandbox holds one container".into(),
-                });
-            }
-            table.creating.insert(id.to_string());
-            first
         };
-        let result = self.create_in_guest(id, bundle, io, first);
+        if self.share == ShareMode::Private && join.is_some() {
+            return Err(PodError::InvalidArgument {
+                field: "container id",
+                message: "this sandbox holds one container".into(),
+            });
+        }
+        lock(&self.table).creating.insert(id.to_string());
+        let result = self.create_in_guest(id, bundle, io, join);
         let mut table = lock(&self.table);
         table.creating.remove(id);
+        self.changed.notify_all();
         let (pid, container) = result?;
-        if first {
+        // The VM may have failed meanwhile: a container it never got an exit for must not be
+        // left `created` for ever. (Dropping it undoes its share binds.)
+        table.usable()?;
+        if join.is_none() {
             table.first_guest_pid = Some(pid);
         }
         table.containers.insert(id.to_string(), container);
-        drop(table);
-        self.changed.notify_all();
         Ok(pid)
     }
 
@@ -373,11 +408,12 @@ impl Pod {
         id: &str,
         bundle: &Bundle,
         io: Option<[Endpoint; 3]>,
-        first: bool,
+        join: Option<i32>,
     ) -> Result<(i32, Container)> {
         let mut exposed = match self.share {
             ShareMode::Propagating => {
-                let staging = self.dir.dir.join("ro-staging");
+                // Per container: concurrent creates must not stack binds on one waypoint.
+                let staging = self.dir.dir.join(format!("staging-{id}"));
                 Some(share::expose(&self.dir.share_dir(), id, bundle, &staging)?)
             }
             ShareMode::Private => None,
@@ -388,8 +424,7 @@ impl Pod {
             }
         };
         let mut guest_spec = spec::for_guest(&bundle.raw, id, &bundle.binds);
-        if !first {
-            let pid = lock(&self.table).first_guest_pid.unwrap_or(1);
+        if let Some(pid) = join {
             spec::join_namespaces(&mut guest_spec, pid);
         }
         let pid = match self.agent.create_container(id, guest_spec) {
@@ -479,14 +514,16 @@ impl Pod {
             Some(Err(e)) => attach_error = Some(e),
             None => {}
         }
-        if let Some(status) = held {
-            self.record_exit(id, exec_id, process, status);
-        }
         if exec_id.is_some() {
             container.oom_allowance = container.oom_allowance.saturating_add(1);
         }
         drop(table);
         self.changed.notify_all();
+        // An exit that came while the start was in flight: now through the normal path, which
+        // lets the streams just connected drain first.
+        if let Some(status) = held {
+            self.exited(id, exec_id, status);
+        }
         // The process runs (its exit will come) even if its streams could not be connected.
         match attach_error {
             Some(e) => Err(e.into()),
@@ -520,14 +557,64 @@ impl Pod {
     }
 
     /// Deliver `signal` to a container's init (every process with `all`) or to one exec.
+    /// After SIGKILL to an init, the guest has [`KILL_GRACE`] to report its exit; then the host
+    /// stops the VM and records the container as killed (137), whatever the guest says.
     pub fn signal(&self, id: &str, exec_id: Option<&str>, signal: i32, all: bool) -> Result<()> {
         {
             let mut table = lock(&self.table);
-            table.usable()?;
+            // The state first: a process recorded as exited (the VM's failure included) is
+            // not found, as containerd and runc expect of a kill that comes too late.
             let process = table.process(id, exec_id)?;
             state::check(Op::Signal, process.state, || subject(id, exec_id))?;
+            table.usable()?;
         }
-        self.agent.signal_process(id, exec_id, signal, all).map_err(error::agent("signalling"))
+        let sent = self.agent.signal_process(id, exec_id, signal, all).map_err(error::agent("signalling"));
+        if signal == libc::SIGKILL && exec_id.is_none() {
+            // Armed even when the call failed: a guest that does not answer is no reason to
+            // let the container live.
+            self.watch_kill(id);
+        }
+        sent
+    }
+
+    fn watch_kill(&self, id: &str) {
+        let (pod, watched, grace) = (self.me.clone(), id.to_string(), self.kill_grace);
+        let spawned = std::thread::Builder::new().name("kill-watch".into()).spawn(move || {
+            std::thread::sleep(grace);
+            if let Some(pod) = pod.upgrade() {
+                pod.kill_overdue(&watched);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(id, "cannot watch the kill: {e}");
+        }
+    }
+
+    /// The grace after a SIGKILL has passed: if the init has still not exited, the guest is
+    /// not to be believed any more. Its processes are recorded killed, the VM is stopped, and
+    /// the pod's other containers end with it.
+    fn kill_overdue(&self, id: &str) {
+        {
+            let mut table = lock(&self.table);
+            if table.ended.is_some() {
+                return;
+            }
+            let Ok(container) = table.container(id) else { return };
+            if container.init.state == ProcessState::Stopped {
+                return;
+            }
+            tracing::error!(id, grace = ?self.kill_grace, "the guest did not report the exit after SIGKILL: stopping the VM");
+            for (exec_id, process) in container.execs.iter_mut() {
+                self.record_exit(id, Some(exec_id), process, KILLED);
+            }
+            self.record_exit(id, None, &mut container.init, KILLED);
+        }
+        self.changed.notify_all();
+        self.sandbox_failed(format!(
+            "the guest did not report the exit of container {id} within {}s of SIGKILL",
+            self.kill_grace.as_secs()
+        ));
+        self.stop_vm();
     }
 
     /// Log a warning the guest triggered, within the budget.
@@ -628,6 +715,9 @@ impl Pod {
         let started = {
             let mut table = lock(&self.table);
             let process = table.process(id, Some(exec_id))?;
+            if process.starting {
+                return Err(PodError::Busy(subject(id, Some(exec_id))));
+            }
             state::check(Op::Delete, process.state, || subject(id, Some(exec_id)))?;
             let exit = process.exit;
             let started = process.state != ProcessState::Created;
@@ -749,6 +839,11 @@ impl Pod {
         // Let the output drain first (outside the lock): whoever learns of the exit then has
         // all of it.
         let relays = match lock(&self.table).process(id, exec_id) {
+            // An exec the host has not started yet cannot have ended (an init can: a created
+            // container may be killed).
+            Ok(p) if exec_id.is_some() && p.state == ProcessState::Created && !p.starting => {
+                return self.guest_warning(format_args!("an exit of an exec that was never started"));
+            }
             Ok(p) if p.state != ProcessState::Stopped => p.relays.take(),
             Ok(_) => return,
             Err(_) => return self.guest_warning(format_args!("an exit of a process this host did not start")),

@@ -130,6 +130,9 @@ impl Drop for Rig {
     }
 }
 
+/// The tests' [`KILL_GRACE`].
+const GRACE: Duration = Duration::from_millis(300);
+
 static RIGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn rig_with(script: Arc<Script>, vmm: Option<std::process::Child>) -> Rig {
@@ -156,7 +159,8 @@ fn rig_with(script: Arc<Script>, vmm: Option<std::process::Child>) -> Rig {
     let sink: EventSink = Arc::new(move |e| {
         let _ = tx.lock().unwrap().send(e);
     });
-    let pod = Pod::assemble(state, ShareMode::Private, Box::new(vm), agent, notices, None, sink).unwrap();
+    let pod =
+        Pod::assemble_with_grace(state, ShareMode::Private, Box::new(vm), agent, notices, None, sink, GRACE).unwrap();
     Rig { pod, events, guest, vm_stopped, dir, bundle }
 }
 
@@ -400,7 +404,10 @@ fn a_lost_agent_fails_the_sandbox_and_ends_every_process() {
     let mut exits = vec![exit_status(r.next()), exit_status(r.next())];
     exits.sort();
     assert_eq!(exits, [("c1".into(), None, SANDBOX_FAILED), ("c1".into(), Some("e1".into()), SANDBOX_FAILED)]);
+    // A kill that comes too late finds nothing, as containerd expects; other calls say why.
     let e = r.pod.signal("c1", None, 9, false).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let e = r.pod.stats("c1").unwrap_err();
     assert!(matches!(e, PodError::SandboxFailed(_)), "{e}");
     // What is left can still be cleaned up.
     r.pod.remove_process("c1", "e1").unwrap();
@@ -462,4 +469,90 @@ fn resize_needs_a_terminal() {
     r.pod.start("c1", None).unwrap();
     r.pod.add_exec("c1", "t", serde_json::json!({}), true, None).unwrap();
     r.pod.resize("c1", Some("t"), 80, 24).unwrap();
+}
+
+/// The guest acknowledges SIGKILL and never reports the exit: the host decides.
+#[test]
+fn a_kill_the_guest_never_reports_is_recorded_by_the_host() {
+    let r = rig();
+    r.create("c1");
+    r.pod.start("c1", None).unwrap();
+    r.next();
+    r.pod.add_exec("c1", "e1", serde_json::json!({}), false, None).unwrap();
+    r.pod.start("c1", Some("e1")).unwrap();
+    r.next();
+    r.pod.signal("c1", None, libc::SIGTERM, false).unwrap();
+    std::thread::sleep(GRACE * 2);
+    assert_eq!(r.state("c1", None), ProcessState::Running, "only SIGKILL is watched");
+    let killed = std::time::Instant::now();
+    r.pod.signal("c1", None, libc::SIGKILL, false).unwrap();
+    let mut exits = vec![exit_status(r.next()), exit_status(r.next())];
+    exits.sort();
+    assert_eq!(exits, [("c1".into(), None, KILLED), ("c1".into(), Some("e1".into()), KILLED)]);
+    assert!(killed.elapsed() >= GRACE, "recorded before the grace was over");
+    assert!(matches!(r.next(), PodEvent::SandboxFailed { .. }));
+    assert!(r.vm_stopped.load(Ordering::SeqCst), "the VM was left running");
+    assert_eq!(r.pod.wait("c1", None).unwrap().status, KILLED);
+    r.pod.remove_container("c1").unwrap();
+}
+
+#[test]
+fn a_kill_the_guest_reports_in_time_changes_nothing_else() {
+    let r = rig();
+    r.create("c1");
+    r.pod.start("c1", None).unwrap();
+    r.next();
+    r.pod.signal("c1", None, libc::SIGKILL, false).unwrap();
+    r.exited("c1", None, 137);
+    assert_eq!(exit_status(r.next()), ("c1".into(), None, 137));
+    std::thread::sleep(GRACE * 2);
+    r.no_more_events();
+    assert!(!r.vm_stopped.load(Ordering::SeqCst));
+    assert!(r.pod.failure().is_none());
+}
+
+/// The guest reports the end of an exec the host added but never started.
+#[test]
+fn an_exec_cannot_end_before_it_started() {
+    let r = rig();
+    r.create("c1");
+    r.pod.start("c1", None).unwrap();
+    r.next();
+    r.pod.add_exec("c1", "e1", serde_json::json!({}), false, None).unwrap();
+    r.exited("c1", Some("e1"), 0);
+    r.no_more_events();
+    assert_eq!(r.state("c1", Some("e1")), ProcessState::Created);
+    r.pod.start("c1", Some("e1")).unwrap();
+    assert_eq!(r.next(), started("c1", Some("e1")));
+}
+
+/// A second container of a pod waits for the first one's guest pid, whose namespaces it
+/// joins, instead of joining the agent's own.
+#[test]
+fn later_containers_join_the_first_ones_namespaces() {
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+    let gate = Mutex::new(gate_rx);
+    let script: Arc<Script> = Arc::new(move |body| match body {
+        RequestBody::CreateContainer { container_id, .. } if container_id == "first" => {
+            let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(10));
+            (Outcome::Ok(Reply::Created { pid: 4242 }), Vec::new())
+        }
+        other => obliging(other),
+    });
+    let r = rig_with(script, None);
+    let pod = r.pod.clone();
+    let bundle = r.bundle.clone();
+    // Private shares hold one container; the ordering is the same for propagating ones, which
+    // need mounts, so the second create is checked for waiting and for its refusal here.
+    let first = std::thread::spawn(move || pod.create_container("first", &bundle, None));
+    std::thread::sleep(Duration::from_millis(200));
+    let pod = r.pod.clone();
+    let bundle = r.bundle.clone();
+    let second = std::thread::spawn(move || pod.create_container("second", &bundle, None));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(r.guest.calls(), ["create_container"], "the second create did not wait for the first");
+    gate_tx.send(()).unwrap();
+    assert_eq!(first.join().unwrap().unwrap(), 4242);
+    let e = second.join().unwrap().unwrap_err();
+    assert!(e.to_string().contains("one container"), "{e}");
 }

@@ -98,32 +98,52 @@ impl<E: Into<ControlError>> From<Result<ControlReply, E>> for ControlReply {
     }
 }
 
-/// Accept requests on `path`, each on a thread of its own, answered by `handle`.
-pub fn serve(path: &Path, handle: Arc<dyn Fn(ControlRequest) -> ControlReply + Send + Sync>) -> Result<()> {
+/// What serves the control socket.
+pub trait Handler: Send + Sync {
+    /// Answer one request.
+    fn handle(&self, req: ControlRequest) -> ControlReply;
+    /// Called before a request is read: false refuses it (the supervisor is finishing).
+    fn begin(&self) -> bool;
+    /// Called once its reply has been written (or could not be).
+    fn end(&self);
+}
+
+/// Accept requests on `path`, each on a thread of its own, answered by `handler`.
+pub fn serve(path: &Path, handler: Arc<dyn Handler>) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|e| anyhow!("binding {}: {e}", path.display()))?;
     std::thread::Builder::new().name("control".into()).spawn(move || {
         for conn in listener.incoming().flatten() {
-            let handle = handle.clone();
-            let _ = std::thread::Builder::new().name("control-conn".into()).spawn(move || answer(conn, &*handle));
+            let handler = handler.clone();
+            let _ = std::thread::Builder::new().name("control-conn".into()).spawn(move || {
+                if !handler.begin() {
+                    let stopped = ControlReply::failed(ErrorKind::FailedPrecondition, "the container has stopped");
+                    return write_reply(conn, &stopped);
+                }
+                answer(conn, &*handler);
+                handler.end();
+            });
         }
     })?;
     Ok(())
 }
 
-fn answer(conn: UnixStream, handle: &dyn Fn(ControlRequest) -> ControlReply) {
+fn answer(conn: UnixStream, handler: &dyn Handler) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
     let mut line = String::new();
     let reply = match BufReader::new((&conn).take(MAX_LINE)).read_line(&mut line) {
         Err(e) => ControlReply::failed(ErrorKind::InvalidArgument, format!("reading request: {e}")),
         Ok(_) => match serde_json::from_str::<ControlRequest>(&line) {
             Err(e) => ControlReply::failed(ErrorKind::InvalidArgument, format!("malformed request: {e}")),
-            Ok(req) => handle(req),
+            Ok(req) => handler.handle(req),
         },
     };
-    let mut conn = conn;
-    let _ = conn.write_all(&serde_json::to_vec(&reply).unwrap_or_default());
+    write_reply(conn, &reply);
+}
+
+fn write_reply(mut conn: UnixStream, reply: &ControlReply) {
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
+    let _ = conn.write_all(&serde_json::to_vec(reply).unwrap_or_default());
     let _ = conn.write_all(b"\n");
 }
 

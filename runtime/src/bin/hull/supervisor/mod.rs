@@ -12,7 +12,8 @@
 pub mod control;
 
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use anyhow::Result;
 use hull::bundle::Bundle;
@@ -52,6 +53,10 @@ struct Shared {
     /// Why `start` must fail: the config has no `process`.
     missing_process: Option<String>,
     tx: Sender<Msg>,
+    /// Control requests being answered, and whether the supervisor is finishing (then no new
+    /// one is taken): it exits only once every answer is out.
+    requests: Mutex<(usize, bool)>,
+    idle: Condvar,
 }
 
 pub struct Supervisor {
@@ -130,8 +135,7 @@ impl Supervisor {
             },
             sink,
         )?;
-        // From here on, an error drops the pod, which stops the VM and its daemons.
-        let shared = Shared {
+        let shared = Arc::new(Shared {
             id,
             dir,
             pod,
@@ -140,31 +144,27 @@ impl Supervisor {
             tty: Mutex::new(tty),
             missing_process,
             tx,
-        };
-        if let Some(ends) = io {
-            let created = shared.pod.create_container(&shared.id, bundle, Some(ends));
-            if let Err(e) = created {
-                shared.pod.shutdown();
-                return Err(e.into());
+            requests: Mutex::new((0, false)),
+            idle: Condvar::new(),
+        });
+        let sup = Supervisor { shared: shared.clone(), rx };
+        // Any failure from here on stops the VM (and undoes the network) before returning.
+        let ready = (|| -> Result<()> {
+            if let Some(ends) = io {
+                shared.pod.create_container(&shared.id, bundle, Some(ends))?;
             }
-        }
-        let hooks_ran = (|| {
             let state = shared.state();
             hooks::run(shared.hooks.as_ref(), hooks::Point::Prestart, &state)?;
-            hooks::run(shared.hooks.as_ref(), hooks::Point::CreateRuntime, &state)
+            hooks::run(shared.hooks.as_ref(), hooks::Point::CreateRuntime, &state)?;
+            sup.spawn_signal_forwarder(signals)?;
+            control::serve(&shared.dir.control_socket(), shared.clone())?;
+            shared.mirror_terminal_size();
+            shared.set_status(Status::Created)
         })();
-        if let Err(e) = hooks_ran {
-            shared.pod.shutdown();
-            return Err(e.into());
+        if let Err(e) = ready {
+            shared.finish(SANDBOX_FAILED);
+            return Err(e);
         }
-
-        let shared = Arc::new(shared);
-        let sup = Supervisor { shared: shared.clone(), rx };
-        sup.spawn_signal_forwarder(signals)?;
-        let handler = shared.clone();
-        control::serve(&shared.dir.control_socket(), Arc::new(move |req| handler.control(req)))?;
-        shared.mirror_terminal_size();
-        shared.set_status(Status::Created)?;
         Ok(sup)
     }
 
@@ -222,6 +222,10 @@ impl Shared {
 
     fn set_status(&self, status: Status) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // A container that has stopped stays stopped, whatever a late answer says.
+        if state.status == Status::Stopped {
+            return Ok(());
+        }
         state.status = status;
         self.dir.write(&state)?;
         Ok(())
@@ -241,7 +245,7 @@ impl Shared {
     }
 
     /// Answer one control request (on its connection's thread).
-    fn control(&self, req: ControlRequest) -> ControlReply {
+    fn answer(&self, req: ControlRequest) -> ControlReply {
         let id = self.id.as_str();
         let done = ControlReply::default;
         let reply: Result<ControlReply, ControlError> = match req {
@@ -318,6 +322,21 @@ impl Shared {
 
     fn finish(&self, status: i32) -> i32 {
         self.pod.shutdown();
+        // Let the answers in flight go out (they return quickly now that the pod is down): a
+        // `hull start` whose container exited at once must still hear that it started.
+        {
+            let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            requests.1 = true;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while requests.0 > 0 {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    tracing::warn!(in_flight = requests.0, "control requests still unanswered");
+                    break;
+                }
+                requests = self.idle.wait_timeout(requests, left).unwrap_or_else(|p| p.into_inner()).0;
+            }
+        }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.status = Status::Stopped;
         state.exit_status = Some(status);
@@ -326,6 +345,27 @@ impl Shared {
         }
         let _ = std::fs::remove_file(self.dir.control_socket());
         status
+    }
+}
+
+impl control::Handler for Shared {
+    fn handle(&self, req: ControlRequest) -> ControlReply {
+        self.answer(req)
+    }
+
+    fn begin(&self) -> bool {
+        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        if requests.1 {
+            return false;
+        }
+        requests.0 += 1;
+        true
+    }
+
+    fn end(&self) {
+        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        requests.0 -= 1;
+        self.idle.notify_all();
     }
 }
 
