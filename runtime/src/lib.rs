@@ -8,14 +8,15 @@
 //! - [`agent`]: the typed client of `hull-agent` inside the guest.
 //! - [`sandbox`]: boots a VM through a [`hypervisor`] backend with its helper daemons
 //!   (virtiofsd, the vsock backend) and stops all of it.
-//! - [`share`], [`network`], [`stdio`], [`terminal`]: what a pod attaches to the VM — files
-//!   over virtio-fs, the container's network namespace, process streams, host terminals.
+//! - [`share`] (through [`beneath`]), [`network`], [`stdio`], [`terminal`]: what a pod attaches
+//!   to the VM — files over virtio-fs, the container's network namespace, process streams, host terminals.
 //! - [`bundle`], [`spec`], [`state`], [`hooks`], [`assets`], [`process`], [`vsock`]: OCI bundles
 //!   and their rewrite for the guest, the CLI's state dir, host hooks, installed files, child
 //!   processes, hybrid vsock.
 
 pub mod agent;
 pub mod assets;
+pub mod beneath;
 pub mod bundle;
 pub mod hooks;
 pub mod hypervisor;

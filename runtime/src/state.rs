@@ -165,8 +165,13 @@ impl StateDir {
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
     }
+    /// The directory virtiofsd exports (a read-only skeleton; see [`crate::share`]).
     pub fn share_dir(&self) -> PathBuf {
         self.dir.join("share")
+    }
+    /// The writable side of a propagating share, which only the host sees.
+    pub fn share_rw_dir(&self) -> PathBuf {
+        self.dir.join("share-rw")
     }
 
     pub fn read(&self) -> Result<State> {

@@ -243,13 +243,13 @@ impl Pod {
             .flat_map(|n| &n.taps)
             .map(|t| Nic { tap_fd: t.fd.as_raw_fd(), mac: t.mac.clone() })
             .collect();
-        let binds = match config.share {
-            ShareMode::Private => Some(share::mounts(&config.dir.share_dir(), config.first_id, bundle)?),
+        let layout = match config.share {
+            ShareMode::Private => Some(share::layout(config.first_id, bundle)),
             ShareMode::Propagating => None,
         };
         let sized = config.sandbox.sized_for(&bundle.spec);
         tracing::info!(vcpus = sized.vcpus, memory_mib = sized.memory_mib, "sandbox size");
-        let Booted { sandbox, agent, notices } = Sandbox::boot(&config.dir, &assets, &sized, binds.as_deref(), nics)?;
+        let Booted { sandbox, agent, notices } = Sandbox::boot(&config.dir, &assets, &sized, layout.as_ref(), nics)?;
         if let Some(net) = &network {
             agent
                 .configure_network(&net.interfaces, &net.routes)
@@ -414,7 +414,7 @@ impl Pod {
             ShareMode::Propagating => {
                 // Per container: concurrent creates must not stack binds on one waypoint.
                 let staging = self.dir.dir.join(format!("staging-{id}"));
-                Some(share::expose(&self.dir.share_dir(), id, bundle, &staging)?)
+                Some(share::expose(&self.dir.share_rw_dir(), id, bundle, &staging)?)
             }
             ShareMode::Private => None,
         };

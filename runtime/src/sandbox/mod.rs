@@ -19,7 +19,7 @@ use crate::agent::{Agent, AgentError, AgentNotice};
 use crate::assets::Assets;
 use crate::hypervisor::{self, BackendKind, HypervisorError, Nic, VmConfig};
 use crate::process::{ChildProc, ProcessError};
-use crate::share::{ShareError, ShareMount};
+use crate::share::{Layout, ShareError};
 use crate::state::StateDir;
 
 /// The virtio-fs tag the agent mounts.
@@ -96,13 +96,14 @@ pub struct Booted {
 }
 
 impl Sandbox {
-    /// Boot with `binds` mounted into the share privately for virtiofsd; with `None`, the
-    /// caller has made the share a propagating mount and binds containers into it itself.
+    /// Boot with the container of `layout` built into the share privately for virtiofsd; with
+    /// `None`, the caller has made the share a propagating mount and binds containers into it
+    /// itself.
     pub fn boot(
         dir: &StateDir,
         assets: &Assets,
         config: &SandboxConfig,
-        binds: Option<&[ShareMount]>,
+        layout: Option<&Layout>,
         nics: Vec<Nic>,
     ) -> Result<Booted> {
         let hypervisor = hypervisor::select(config.backend, assets)?;
@@ -115,7 +116,7 @@ impl Sandbox {
             crate::process::wait_for_path(&dir.vhost_vsock_socket(), &mut vsock, Duration::from_secs(10))?;
             procs.push(vsock);
         }
-        let mut fs_daemon = virtiofsd::spawn(&assets.virtiofsd, dir, binds)?;
+        let mut fs_daemon = virtiofsd::spawn(&assets.virtiofsd, dir, layout)?;
         crate::process::wait_for_path(&dir.virtiofsd_socket(), &mut fs_daemon, Duration::from_secs(10))?;
         procs.push(fs_daemon);
 

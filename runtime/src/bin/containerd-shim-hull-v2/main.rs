@@ -320,7 +320,7 @@ fn serve(args: &Args) -> Result<()> {
     let me = std::process::id();
     let started = hull::process::start_time(me as i32).unwrap_or(0);
     fs::write(dir.dir.join(PID_FILE), format!("{me} {started}\n"))?;
-    mounts::make_propagating_share(&dir.share_dir())?;
+    hull::share::make_propagating(&dir.share_rw_dir(), &dir.share_dir())?;
     tracing::info!(sandbox, dir = %dir.dir.display(), "shim serving");
 
     let (control_tx, control_rx) = mpsc::channel();
@@ -348,6 +348,7 @@ fn serve(args: &Args) -> Result<()> {
     std::thread::sleep(Duration::from_millis(20));
     service.teardown();
     hull::share::unmount(&dir.share_dir());
+    hull::share::unmount(&dir.share_rw_dir());
     let _ = fs::remove_file(socket_path(&key));
     if let Err(e) = remove_sandbox_dir(&dir.dir) {
         tracing::warn!("{e:#}");

@@ -1,5 +1,5 @@
-//! Host-side mounts of a shim: its private mount namespace, the share that propagates into
-//! virtiofsd, and the root filesystems containerd hands over as mount lists.
+//! Host-side mounts of a shim: its private mount namespace and the root filesystems containerd
+//! hands over as mount lists (the share is `hull::share`'s).
 //!
 //! Everything is mounted inside the shim's own mount namespace, so the host never sees these
 //! mounts and nothing can leak when the shim dies: the namespace goes with its last process.
@@ -17,16 +17,6 @@ pub fn enter_private_namespace() -> Result<()> {
     unshare(CloneFlags::CLONE_NEWNS).context("unsharing the mount namespace")?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
         .context("making / a slave mount")
-}
-
-/// Make `share` a shared mount, so container roots bound below it later also appear in
-/// virtiofsd's namespace (which holds a slave copy of it).
-pub fn make_propagating_share(share: &Path) -> Result<()> {
-    std::fs::create_dir_all(share).with_context(|| format!("creating {}", share.display()))?;
-    mount(Some(share), share, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .with_context(|| format!("bind-mounting {}", share.display()))?;
-    mount(None::<&str>, share, None::<&str>, MsFlags::MS_SHARED, None::<&str>)
-        .with_context(|| format!("making {} shared", share.display()))
 }
 
 /// Mount containerd's rootfs mount list (an overlay snapshot, a bind, …) on `target`.
