@@ -6,9 +6,12 @@ BUILD      := build
 ASSETS     := $(BUILD)/assets
 TARGET     := x86_64-unknown-linux-gnu
 AGENT      := target/$(TARGET)/release/hull-agent
+# The test-only hostile agent builds in a target dir of its own, so the two never overwrite
+# each other's binary.
+HOSTILE    := target/hostile/$(TARGET)/release/hull-agent
 export CARGO_TERM_PROGRESS_WHEN = never
 
-.PHONY: help setup kernel agent initramfs tools binaries assets install check test fuzz demo bench clean
+.PHONY: help setup kernel agent initramfs initramfs-hostile tools binaries assets install check test fuzz demo bench clean
 
 help:
 	@echo "make demo     - the seed demo: HTTP server in a microVM, curl it (does all set-up)"
@@ -35,6 +38,15 @@ initramfs: agent
 	@mkdir -p $(ASSETS)
 	@scripts/mkinitramfs.sh $(AGENT) $(ASSETS)/initramfs.cpio
 
+# A hostile guest for the isolation tests (agent/src/hostile.rs): never installed.
+initramfs-hostile: setup
+	@echo "build: hull-agent with the test-only hostile behaviours"
+	@LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+	 RUSTFLAGS="-C target-feature=+crt-static" \
+	 cargo build --release --locked --target $(TARGET) --target-dir target/hostile -p hull-agent --features hostile
+	@mkdir -p $(ASSETS)
+	@scripts/mkinitramfs.sh $(HOSTILE) $(ASSETS)/initramfs-hostile.cpio
+
 tools: setup
 	@scripts/install-tools.sh $(ASSETS)/bin
 
@@ -59,6 +71,7 @@ check:
 	@cargo fmt --all --check
 	@echo "check: cargo clippy -D warnings"
 	@cargo clippy --locked --workspace --all-targets -- -D warnings
+	@cargo clippy --locked -p hull-agent --features hostile -- -D warnings
 	@echo "check: unit tests"
 	@cargo test --locked --workspace --lib --bins
 
@@ -66,7 +79,7 @@ check:
 # hardware KVM the backend `auto` is hull-vmm, so the whole suite runs on it, and the foundation
 # suite runs once more on QEMU; without it (PVM, as on the CI machines) everything runs on
 # QEMU/TCG and hull-vmm is proven by its synthetic-guest suite (tests/tests/vmm.rs).
-test: check assets
+test: check assets initramfs-hostile
 	@if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -e /dev/kvm ]; then \
 	  echo "test: hardware KVM present: the suite runs on hull-vmm, then the foundation suite on QEMU/KVM"; \
 	  HULL_ASSET_DIR=$(CURDIR)/$(ASSETS) cargo test --release --locked --workspace -- --test-threads=1 && \

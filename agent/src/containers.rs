@@ -218,6 +218,11 @@ impl Registry {
         self.known(id)?;
         let signal_num = signal;
         let signal = Signal::try_from(signal).map_err(|_| refusal::invalid(format!("invalid signal {signal}")))?;
+        #[cfg(feature = "hostile")]
+        if exec_id.is_none() && signal_num == libc::SIGKILL && crate::hostile::has(id, "ignore-sigkill") {
+            crate::log::info("hostile: ignore-sigkill: acknowledged, not delivered");
+            return Ok(());
+        }
         match exec_id {
             None => {
                 let key = (id.to_string(), None);

@@ -117,6 +117,15 @@ fn handle(conn: Stream, registry: &Registry, events: &EventSink) -> Result<(), F
         if shaken && matches!(req.body, RequestBody::Handshake { .. }) {
             events.attach(writer.clone());
         }
+        #[cfg(feature = "hostile")]
+        if let RequestBody::StartContainer { container_id } = &req.body {
+            if crate::hostile::has(container_id, "stop-reading") {
+                log::info("hostile: stop-reading: no request is read from now on");
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
+        }
     }
 }
 
@@ -129,9 +138,15 @@ fn dispatch(registry: &Registry, events: &EventSink, body: RequestBody) -> Resul
             Reply::Empty
         }
         RequestBody::CreateContainer { container_id, spec } => {
+            #[cfg(feature = "hostile")]
+            let parsed: Option<libcontainer::oci_spec::runtime::Spec> = serde_json::from_value(spec.clone()).ok();
             let (pid, early_exit) = registry.create(&container_id, spec)?;
             if let Some(event) = early_exit {
                 events.send(event);
+            }
+            #[cfg(feature = "hostile")]
+            if let Some(spec) = &parsed {
+                crate::hostile::on_create(&container_id, spec, events);
             }
             Reply::Created { pid }
         }

@@ -14,6 +14,8 @@ mod containers;
 mod control;
 mod create_helper;
 mod guest_init;
+#[cfg(feature = "hostile")]
+mod hostile;
 mod log;
 mod network;
 mod reaper;

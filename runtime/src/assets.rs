@@ -2,7 +2,8 @@
 //!
 //! Everything lives under one prefix (`/usr/local/share/hull` by default, `HULL_ASSET_DIR` to
 //! override): `vmlinuz` (bzImage) + `vmlinux`, `initramfs.cpio`, and `bin/` with `virtiofsd`
-//! and `vhost-device-vsock`. QEMU is taken from `HULL_QEMU` or `PATH`.
+//! and `vhost-device-vsock`. QEMU is taken from `HULL_QEMU` or `PATH`, the initramfs from
+//! `HULL_INITRAMFS` if set.
 
 use std::path::{Path, PathBuf};
 
@@ -40,7 +41,10 @@ impl Assets {
                 .or_else(|| std::env::current_exe().ok().map(|e| e.with_file_name("hull-vmm")).filter(|p| p.is_file()))
                 .or_else(|| find_in_path("hull-vmm"))
                 .unwrap_or_else(|| "hull-vmm".into()),
-            initramfs: dir.join("initramfs.cpio"),
+            // Tests boot a hostile guest through this (see agent/src/hostile.rs).
+            initramfs: std::env::var_os("HULL_INITRAMFS")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| dir.join("initramfs.cpio")),
             virtiofsd: dir.join("bin/virtiofsd"),
             vsock_backend: dir.join("bin/vhost-device-vsock"),
             qemu: std::env::var_os("HULL_QEMU")

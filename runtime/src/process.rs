@@ -33,6 +33,9 @@ pub struct ChildProc {
 impl ChildProc {
     pub fn spawn(name: &'static str, cmd: &mut Command) -> Result<ChildProc> {
         let parent = std::process::id() as libc::pid_t;
+        // A group of its own, so that what it forks (virtiofsd's sandbox runs in a child of
+        // its own) is signalled with it, and nothing outlives a stop.
+        cmd.process_group(0);
         // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent.
         unsafe {
             cmd.pre_exec(move || {
@@ -84,11 +87,12 @@ impl ChildProc {
         self.reap_by(Instant::now() + grace);
     }
 
-    /// Send `sig` unless the process was already reaped.
+    /// Send `sig` to the process and its group, unless it was already reaped.
     pub fn signal(&mut self, sig: i32) {
         if let Ok(None) = self.child.try_wait() {
-            // SAFETY: kill(2) on our own child, which we have not reaped, so the pid is still ours.
-            unsafe { libc::kill(self.child.id() as i32, sig) };
+            // SAFETY: kill(2) of the group our unreaped child leads: while we have not reaped
+            // it, its pid, and so the group id, is still ours.
+            unsafe { libc::kill(-(self.child.id() as i32), sig) };
         }
     }
 
@@ -100,7 +104,7 @@ impl ChildProc {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        let _ = self.child.kill();
+        self.signal(libc::SIGKILL);
         let _ = self.child.wait();
     }
 }

@@ -39,7 +39,15 @@ fn cni_netns() -> Vec<String> {
 
 impl Containerd {
     pub fn start(name: &str) -> Containerd {
-        let env = Env::new(name);
+        Self::start_in(Env::new(name))
+    }
+
+    /// containerd whose hull shims boot the hostile guest (agent/src/hostile.rs).
+    pub fn start_hostile(name: &str) -> Containerd {
+        Self::start_in(Env::new(name).hostile())
+    }
+
+    fn start_in(env: Env) -> Containerd {
         let socket = env.dir.join("containerd.sock");
         let config = env.dir.join("containerd.toml");
         let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
@@ -73,6 +81,7 @@ impl Containerd {
             .arg(&config)
             .env("PATH", path)
             .env("HULL_SHIM_LOG", env.dir.join("shim.log"))
+            .envs(env.vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

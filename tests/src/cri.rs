@@ -33,6 +33,7 @@ pub struct ContainerSpec<'a> {
     pub image: &'a str,
     pub args: &'a [&'a str],
     pub memory_limit: Option<i64>,
+    pub envs: &'a [(&'a str, &'a str)],
 }
 
 impl Cri {
@@ -109,6 +110,11 @@ impl Cri {
             metadata: Some(ContainerMetadata { name: spec.name.into(), attempt: 0 }),
             image: Some(ImageSpec { image: spec.image.into(), ..Default::default() }),
             args: spec.args.iter().map(|a| a.to_string()).collect(),
+            envs: spec
+                .envs
+                .iter()
+                .map(|(k, v)| k8s_cri::v1::KeyValue { key: k.to_string(), value: v.to_string() })
+                .collect(),
             log_path: format!("{}.log", spec.name),
             linux: Some(LinuxContainerConfig {
                 resources: spec

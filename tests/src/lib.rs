@@ -16,6 +16,14 @@ pub mod containerd;
 pub mod cri;
 pub mod vmm;
 
+/// The initramfs with the test-only hostile agent (`make initramfs-hostile`, which `make test`
+/// builds).
+pub fn hostile_initramfs() -> PathBuf {
+    let path = vmm::asset_dir().join("initramfs-hostile.cpio");
+    assert!(path.is_file(), "{} is missing: run `make initramfs-hostile` (make test does)", path.display());
+    path
+}
+
 /// The `hull` binary under test: `HULL_BIN`, or this workspace's release build.
 pub fn hull_bin() -> PathBuf {
     std::env::var_os("HULL_BIN")
@@ -27,6 +35,8 @@ pub fn hull_bin() -> PathBuf {
 pub struct Env {
     pub dir: PathBuf,
     pub root: PathBuf,
+    /// Environment every `hull` of this test gets (a hostile guest, a small console cap).
+    pub vars: Vec<(String, String)>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -41,14 +51,20 @@ impl Env {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let root = dir.join("state");
-        Env { dir, root }
+        Env { dir, root, vars: Vec::new() }
     }
 
     /// A `hull` command with this test's `--root`.
     pub fn hull(&self) -> Command {
         let mut cmd = Command::new(hull_bin());
-        cmd.arg("--root").arg(&self.root);
+        cmd.arg("--root").arg(&self.root).envs(self.vars.iter().map(|(k, v)| (k, v)));
         cmd
+    }
+
+    /// This test's VMs boot the hostile guest (agent/src/hostile.rs).
+    pub fn hostile(mut self) -> Env {
+        self.vars.push(("HULL_INITRAMFS".into(), hostile_initramfs().display().to_string()));
+        self
     }
 
     /// Run `hull ARGS` with `stdin` piped in; returns its output.

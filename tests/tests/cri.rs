@@ -155,6 +155,7 @@ fn separate_pid_namespaces_exit_codes_and_oom_killed() {
                 image: IMAGE,
                 args: &["dd", "if=/dev/zero", "of=/dev/null", "bs=96M", "count=1"],
                 memory_limit: Some(32 << 20),
+                ..Default::default()
             },
         )
         .unwrap();

@@ -147,9 +147,24 @@ impl Agent {
     }
 
     pub fn signal_process(&self, id: &str, exec_id: Option<&str>, signal: i32, all: bool) -> Result<()> {
+        self.signal_process_within(id, exec_id, signal, all, CALL_TIMEOUT)
+    }
+
+    /// [`Agent::signal_process`] with a deadline of its own.
+    pub fn signal_process_within(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        signal: i32,
+        all: bool,
+        timeout: Duration,
+    ) -> Result<()> {
         let body =
             RequestBody::SignalProcess { container_id: id.into(), exec_id: exec_id.map(str::to_string), signal, all };
-        self.command("signal_process", body)
+        match self.conn.call(body, timeout)? {
+            Reply::Empty => Ok(()),
+            other => Err(unexpected("signal_process", &other)),
+        }
     }
 
     pub fn pause_container(&self, id: &str) -> Result<()> {

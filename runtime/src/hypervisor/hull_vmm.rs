@@ -65,6 +65,10 @@ impl Hypervisor for HullVmm {
         true
     }
 
+    fn caps_console(&self) -> bool {
+        true
+    }
+
     fn launch(&self, vm: &VmConfig) -> Result<ChildProc> {
         Ok(ChildProc::spawn("hull-vmm", &mut self.command(vm)?)?)
     }

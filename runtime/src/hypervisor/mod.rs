@@ -55,6 +55,8 @@ pub struct VmConfig {
     pub virtiofs_tag: String,
     /// virtio-net devices, each backed by an open tap.
     pub nics: Vec<Nic>,
+    /// Where the serial console goes, for a VMM that does not cap `console_log` itself.
+    pub console_fd: Option<std::os::fd::RawFd>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +73,10 @@ pub trait Hypervisor {
     }
     /// True when the VMM serves vsock in-process, so no vhost-user vsock daemon is started.
     fn serves_vsock(&self) -> bool {
+        false
+    }
+    /// True when the VMM writes `console_log` itself, under a cap of its own.
+    fn caps_console(&self) -> bool {
         false
     }
     /// Start the VM; it runs until the guest powers off or the process is killed.

@@ -8,6 +8,8 @@ use crate::process::{inherit_fds, ChildProc};
 
 /// First fd number taps are placed at in the QEMU process (above anything std opens).
 const FIRST_TAP_FD: i32 = 100;
+/// Where the console pipe is placed in the QEMU process.
+const CONSOLE_FD: i32 = 99;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -25,6 +27,18 @@ impl Qemu {
         let mut cmd = Command::new(&self.binary);
         let log = create_log(&vm.vmm_log)?;
         let mem = format!("{}M", vm.memory_mib);
+        // The console through the runtime's capped sink (an inherited pipe, as QEMU's fd set 1),
+        // else straight into the log.
+        let mut fds = Vec::new();
+        let console = match vm.console_fd {
+            Some(fd) => {
+                fds.push((fd, CONSOLE_FD));
+                cmd.args(["-add-fd", &format!("fd={CONSOLE_FD},set=1")]);
+                // append: O_TRUNC would truncate, which a pipe refuses.
+                "file,id=console,path=/dev/fdset/1,append=on".to_string()
+            }
+            None => format!("file,id=console,path={}", vm.console_log.display()),
+        };
         cmd.args(["-M", "microvm,acpi=off,x-option-roms=off,memory-backend=mem"])
             .args([
                 "-accel",
@@ -43,7 +57,7 @@ impl Qemu {
             .args(["-smp", &vm.vcpus.to_string(), "-m", &mem])
             .args(["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on")])
             .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none"])
-            .args(["-chardev", &format!("file,id=console,path={}", vm.console_log.display())])
+            .args(["-chardev", &console])
             .args(["-serial", "chardev:console"])
             .arg("-kernel")
             .arg(&vm.kernel)
@@ -57,8 +71,7 @@ impl Qemu {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        // Taps are handed over as inherited fds at fixed numbers.
-        let mut fds = Vec::new();
+        // Taps are handed over as inherited fds at fixed numbers (one call places them all).
         for (i, nic) in vm.nics.iter().enumerate() {
             let target = FIRST_TAP_FD + i as i32;
             cmd.args(["-netdev", &format!("tap,id=net{i},fd={target}")])

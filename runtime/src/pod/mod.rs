@@ -59,6 +59,8 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// How long the guest has to report the exit of a container's init after SIGKILL. The host
 /// decides death: past this, the VM is stopped and the container recorded as killed.
 pub const KILL_GRACE: Duration = Duration::from_secs(10);
+/// How long the agent has to answer a SIGKILL request (it only has to send a signal).
+const KILL_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub type Result<T> = std::result::Result<T, PodError>;
 
@@ -568,13 +570,20 @@ impl Pod {
             state::check(Op::Signal, process.state, || subject(id, exec_id))?;
             table.usable()?;
         }
-        let sent = self.agent.signal_process(id, exec_id, signal, all).map_err(error::agent("signalling"));
-        if signal == libc::SIGKILL && exec_id.is_none() {
-            // Armed even when the call failed: a guest that does not answer is no reason to
-            // let the container live.
-            self.watch_kill(id);
+        if signal != libc::SIGKILL || exec_id.is_some() {
+            return self.agent.signal_process(id, exec_id, signal, all).map_err(error::agent("signalling"));
         }
-        sent
+        // The host decides this one: armed whatever the guest answers, and a guest that does
+        // not answer (or has gone) makes no difference to the caller, as the VM is stopped
+        // within the grace if the exit does not come.
+        self.watch_kill(id);
+        match self.agent.signal_process_within(id, None, signal, all, KILL_CALL_TIMEOUT) {
+            Err(e) if e.kind() == hull_protocol::ErrorKind::Internal => {
+                tracing::warn!(id, "SIGKILL through the agent: {e}; the host stops the VM if the exit does not come");
+                Ok(())
+            }
+            other => other.map_err(error::agent("signalling")),
+        }
     }
 
     fn watch_kill(&self, id: &str) {

@@ -5,12 +5,13 @@
 //! hybrid vsock. Every step watches the processes already started, so a daemon that dies
 //! fails the boot at once with its name; a failed boot stops whatever was started.
 
+mod console;
 mod sizing;
 mod virtiofsd;
 mod vsock_backend;
 
 use std::fs;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
@@ -137,9 +138,21 @@ impl Sandbox {
             virtiofs_socket: dir.virtiofsd_socket(),
             virtiofs_tag: SHARE_TAG.into(),
             nics,
+            console_fd: None,
         };
+        // A VMM that does not cap its console itself writes it through a capped sink.
+        let console = match hypervisor.caps_console() {
+            true => None,
+            false => Some(
+                console::sink(&vm.console_log, console::cap())
+                    .map_err(|source| SandboxError::Io { path: vm.console_log.clone(), source })?,
+            ),
+        };
+        let vm = VmConfig { console_fd: console.as_ref().map(|fd| fd.as_raw_fd()), ..vm };
         let started = Instant::now();
         procs.insert(0, hypervisor.launch(&vm)?);
+        // The VMM holds its copy; ours goes, so the sink sees the end when the VMM does.
+        drop(console);
         tracing::info!(backend = hypervisor.name(), "VM started; waiting for the agent");
 
         let vsock_socket = dir.vsock_socket();
