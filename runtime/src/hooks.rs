@@ -96,6 +96,14 @@ fn run_one(hook: &Hook, input: &[u8]) -> Result<(), Failure> {
         }
     }
     cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    // The usual umask, not the runtime's own 077.
+    // SAFETY: umask(2) between fork and exec is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().map_err(Failure::Start)?;
     // A hook that does not read its stdin must not block us.
     if let Some(mut stdin) = child.stdin.take() {

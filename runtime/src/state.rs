@@ -5,8 +5,10 @@
 //! directory virtio-fs exports.
 
 use std::fs::{self, File, OpenOptions};
+use std::io::Read;
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
 }
 
 pub const DEFAULT_ROOT: &str = "/run/hull";
+/// Largest `state.json` read (it is a few hundred bytes).
+const MAX_STATE: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -127,7 +131,7 @@ impl StateDir {
         if let Some(parent) = self.dir.parent() {
             fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        match fs::create_dir(&self.dir) {
+        match fs::DirBuilder::new().mode(0o700).create(&self.dir) {
             Ok(()) => {
                 let lock = self.dir.join("lock");
                 File::create(&lock).map_err(io(&lock))?;
@@ -176,10 +180,18 @@ impl StateDir {
 
     pub fn read(&self) -> Result<State> {
         let path = self.state_file();
-        let bytes = fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StateError::NotFound(self.id()),
-            _ => io(&path)(e),
-        })?;
+        let bytes = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .and_then(|mut f| {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut (&mut f).take(MAX_STATE), &mut bytes).map(|_| bytes)
+            })
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => StateError::NotFound(self.id()),
+                _ => io(&path)(e),
+            })?;
         serde_json::from_slice(&bytes).map_err(|source| StateError::Parse { path, source })
     }
 
@@ -187,7 +199,14 @@ impl StateDir {
     pub fn write(&self, state: &State) -> Result<()> {
         let tmp = self.dir.join(".state.json.tmp");
         let bytes = serde_json::to_vec_pretty(state).expect("a state serializes");
-        let mut file = File::create(&tmp).map_err(io(&tmp))?;
+        let _ = fs::remove_file(&tmp);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
         file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(io(&tmp))?;
         fs::rename(&tmp, self.state_file()).map_err(io(&self.state_file()))
     }

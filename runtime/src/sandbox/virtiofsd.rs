@@ -123,6 +123,9 @@ pub fn spawn(binary: &Path, dir: &StateDir, layout: Option<&Layout>) -> Result<C
             if let Some(skeleton) = &skeleton {
                 skeleton.build()?;
             }
+            // What the guest creates keeps the modes it asks for, as under the usual umask,
+            // not the runtime's own 077.
+            libc::umask(0o022);
             let fsize = libc::rlimit { rlim_cur: LOG_CAP, rlim_max: LOG_CAP };
             if libc::setrlimit(libc::RLIMIT_FSIZE, &fsize) < 0 {
                 return Err(std::io::Error::last_os_error());

@@ -97,6 +97,9 @@ impl Args {
 }
 
 fn main() {
+    // Sockets, sandbox dirs and logs are root's alone; hooks and virtiofsd get 022 back.
+    // SAFETY: umask(2) only sets this process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
     std::process::exit(run());
 }
 

@@ -16,6 +16,10 @@ use clap::Parser;
 use cli::{Cli, LogFormat};
 
 fn main() {
+    // Everything hull creates is root's alone (state dirs, sockets, logs, state.json): files
+    // 0600, directories 0700. Hooks and virtiofsd get the usual 022 back.
+    // SAFETY: umask(2) only sets this process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     let log_to_file = logging::init(&cli);
     let status = match commands::run(&cli) {

@@ -116,6 +116,10 @@ pub fn serve(path: &Path, handler: Arc<dyn Handler>) -> Result<()> {
         for conn in listener.incoming().flatten() {
             let handler = handler.clone();
             let _ = std::thread::Builder::new().name("control-conn".into()).spawn(move || {
+                if let Err(why) = peer_allowed(&conn) {
+                    tracing::warn!("control socket: {why}");
+                    return write_reply(conn, &ControlReply::failed(ErrorKind::FailedPrecondition, why));
+                }
                 if !handler.begin() {
                     let stopped = ControlReply::failed(ErrorKind::FailedPrecondition, "the container has stopped");
                     return write_reply(conn, &stopped);
@@ -126,6 +130,19 @@ pub fn serve(path: &Path, handler: Arc<dyn Handler>) -> Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// Only root, or the user the supervisor runs as, may send it requests. (The socket is 0600 in
+/// a 0700 directory; this holds even if someone loosens those.)
+fn peer_allowed(conn: &UnixStream) -> Result<(), String> {
+    let creds = nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("reading the peer's credentials: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    match creds.uid() {
+        0 => Ok(()),
+        uid if uid == me => Ok(()),
+        uid => Err(format!("uid {uid} may not control this container")),
+    }
 }
 
 fn answer(conn: UnixStream, handler: &dyn Handler) {
