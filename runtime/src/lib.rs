@@ -20,6 +20,8 @@ pub mod beneath;
 pub mod bundle;
 pub mod hooks;
 pub mod hypervisor;
+pub mod jail;
+pub mod log_sink;
 pub mod network;
 pub mod pod;
 pub mod process;

@@ -157,14 +157,20 @@ impl StateDir {
     pub fn vsock_socket(&self) -> PathBuf {
         self.vmm_jail().join("vsock.sock")
     }
+    /// The sandbox's sockets, owned by its jail uid: all the jailed VMM and vsock backend
+    /// may write. (hull-vmm makes it its root.)
     pub fn vmm_jail(&self) -> PathBuf {
         self.dir.join("vmm")
     }
     pub fn vhost_vsock_socket(&self) -> PathBuf {
-        self.dir.join("vhost-vsock.sock")
+        self.vmm_jail().join("vhost-vsock.sock")
     }
     pub fn virtiofsd_socket(&self) -> PathBuf {
-        self.dir.join("virtiofsd.sock")
+        self.vmm_jail().join("virtiofsd.sock")
+    }
+    /// Where the root of jailed process `name` is built (an empty directory on the host).
+    pub fn jail_root(&self, name: &str) -> PathBuf {
+        self.dir.join("jail").join(name)
     }
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")

@@ -106,3 +106,102 @@ impl UmaskExt for Command {
         }
     }
 }
+
+/// Fields of /proc/<pid>/status.
+fn status_of(pid: u32) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.to_string(), v.trim().to_string())))
+        .collect()
+}
+
+fn sandbox_pids(env: &Env, kind: &str) -> Vec<u32> {
+    let needle = env.root.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmdline = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).ok()?).replace('\0', " ");
+            (cmdline.contains(&needle) && cmdline.split(' ').next()?.contains(kind)).then_some(pid)
+        })
+        .collect()
+}
+
+fn root_entries(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/root: {e}"))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The first component of an absolute path.
+fn top(path: &std::path::Path) -> String {
+    path.components().nth(1).map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// On a running sandbox: QEMU and the vsock backend (which map all of guest RAM and parse the
+/// guest's rings) run as the sandbox's unprivileged uid, without any capability, with
+/// no_new_privs and seccomp, in a root holding only /usr, the loader's cache, a few devices,
+/// their assets and their sockets; virtiofsd, which must stay root to serve every guest uid,
+/// runs in its own sandbox rooted at the share, without the capabilities to make devices or set
+/// file capabilities.
+#[test]
+fn every_process_that_touches_guest_memory_is_jailed() {
+    let env = Env::new("jailed");
+    let b = env.bundle("b", &["sleep", "300"]);
+    let out = env.hull_detached(&["create", "--bundle", b.path(), "c1"]);
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+    let assets = hull_tests::vmm::asset_dir();
+    let mut allowed: Vec<String> =
+        ["bin", "dev", "etc", "lib", "lib64", "sbin", "usr"].iter().map(|s| s.to_string()).collect();
+    allowed.extend([top(&env.root), top(&assets)]);
+    for kind in ["qemu-system", "vhost-device-vsock"] {
+        let pids = sandbox_pids(&env, kind);
+        assert_eq!(pids.len(), 1, "{kind}: {pids:?}");
+        let s = status_of(pids[0]);
+        let uid: u32 = s["Uid"].split_whitespace().next().unwrap().parse().unwrap();
+        assert!(uid >= 0x6c00_0000, "{kind} runs as uid {uid}");
+        let all = |field: &str| s[field].split_whitespace().all(|v| v == uid.to_string());
+        assert!(all("Uid") && all("Gid"), "{kind}: uid {} gid {}", s["Uid"], s["Gid"]);
+        for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(s[caps], "0000000000000000", "{kind}: {caps}");
+        }
+        assert_eq!(s["NoNewPrivs"], "1", "{kind}");
+        assert_eq!(s["Seccomp"], "2", "{kind}");
+        let entries = root_entries(pids[0]);
+        let strays: Vec<&String> = entries.iter().filter(|e| !allowed.contains(e)).collect();
+        assert!(strays.is_empty(), "{kind}'s root holds {strays:?} (all: {entries:?})");
+        let dev = std::fs::read_dir(format!("/proc/{}/root/dev", pids[0])).unwrap().count();
+        assert!(dev <= 4, "{kind}: {dev} devices");
+        let etc: Vec<_> = std::fs::read_dir(format!("/proc/{}/root/etc", pids[0]))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(etc, ["ld.so.cache"], "{kind}");
+        // Not even root's own view of the host's files is reachable from there.
+        assert!(!std::path::Path::new(&format!("/proc/{}/root/root", pids[0])).exists(), "{kind}");
+        assert!(!std::path::Path::new(&format!("/proc/{}/root/proc/1", pids[0])).exists(), "{kind}");
+    }
+    let pids = sandbox_pids(&env, "virtiofsd");
+    assert!(!pids.is_empty());
+    for pid in &pids {
+        let s = status_of(*pid);
+        assert_eq!(s["NoNewPrivs"], "1", "virtiofsd {pid}");
+        assert_eq!(s["CapBnd"], "0000000000000000", "virtiofsd {pid}");
+        let eff = u64::from_str_radix(&s["CapEff"], 16).unwrap();
+        for (cap, name) in [(27, "CAP_MKNOD"), (31, "CAP_SETFCAP"), (21, "CAP_SYS_ADMIN")] {
+            assert_eq!(eff & (1 << cap), 0, "virtiofsd {pid} has {name}");
+        }
+        assert_eq!(root_entries(*pid), ["containers"], "virtiofsd {pid}'s root is not the share");
+    }
+    assert!(pids.iter().any(|p| status_of(*p)["Seccomp"] == "2"), "no virtiofsd process has a seccomp filter");
+    let out = env.hull_out(&["delete", "c1"]);
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    env.assert_clean();
+}

@@ -36,6 +36,8 @@ impl HullVmm {
             .args(["--fs-tag", &vm.virtiofs_tag])
             .arg("--jail")
             .arg(&vm.jail_dir)
+            // It jails itself (mount namespace, capabilities, seccomp); the uid is the sandbox's.
+            .args(["--uid", &vm.jail.uid.to_string(), "--gid", &vm.jail.gid.to_string()])
             .env("HULL_VMM_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

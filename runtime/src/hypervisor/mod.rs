@@ -23,6 +23,8 @@ pub enum HypervisorError {
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Launch(#[from] ProcessError),
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
 }
 
 type Result<T> = std::result::Result<T, HypervisorError>;
@@ -57,6 +59,9 @@ pub struct VmConfig {
     pub nics: Vec<Nic>,
     /// Where the serial console goes, for a VMM that does not cap `console_log` itself.
     pub console_fd: Option<std::os::fd::RawFd>,
+    /// How the VMM is jailed: the sandbox's uid and gid, and what its root holds (the VMM adds
+    /// its kernel, initramfs and devices).
+    pub jail: crate::jail::JailSpec,
 }
 
 #[derive(Debug, Clone)]

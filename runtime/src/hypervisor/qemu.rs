@@ -3,7 +3,7 @@
 
 use std::process::{Command, Stdio};
 
-use super::{create_log, Hypervisor, Result, VmConfig};
+use super::{Hypervisor, HypervisorError, Result, VmConfig};
 use crate::process::{inherit_fds, ChildProc};
 
 /// First fd number taps are placed at in the QEMU process (above anything std opens).
@@ -25,7 +25,11 @@ pub struct Qemu {
 impl Qemu {
     pub fn command(&self, vm: &VmConfig) -> Result<Command> {
         let mut cmd = Command::new(&self.binary);
-        let log = create_log(&vm.vmm_log)?;
+        // QEMU's stderr takes what a guest can make it say: through a capped sink too.
+        let log = std::fs::File::from(
+            crate::log_sink::sink(&vm.vmm_log, crate::log_sink::VMM_LOG_CAP)
+                .map_err(|source| HypervisorError::Io { path: vm.vmm_log.clone(), source })?,
+        );
         let mem = format!("{}M", vm.memory_mib);
         // The console through the runtime's capped sink (an inherited pipe, as QEMU's fd set 1),
         // else straight into the log.
@@ -68,9 +72,25 @@ impl Qemu {
             .args(["-device", "vhost-user-vsock-device,chardev=vsock"])
             .args(["-chardev", &format!("socket,id=fs,path={}", vm.virtiofs_socket.display())])
             .args(["-device", &format!("vhost-user-fs-device,chardev=fs,tag={}", vm.virtiofs_tag)])
+            // QEMU's own filter on top of the jail's: no obsolete system calls, no privilege
+            // changes, no new processes, no resource control.
+            .args(["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        let mut jail = vm.jail.clone();
+        // The guest's RAM is a memfd, which the file size limit applies to.
+        jail.fsize = jail.fsize.max((u64::from(vm.memory_mib) + 1) << 20);
+        jail.read_only.extend([vm.kernel.clone(), vm.initramfs.clone(), self.binary.clone()]);
+        if self.accel == Accel::Kvm {
+            let kvm = std::path::PathBuf::from("/dev/kvm");
+            if let Ok(meta) = std::fs::metadata(&kvm) {
+                jail.groups.push(std::os::unix::fs::MetadataExt::gid(&meta));
+            }
+            jail.devices.push(kvm);
+        }
+        // Before the fds are placed: the jail marks every inherited one close-on-exec.
+        jail.apply(&mut cmd)?;
         // Taps are handed over as inherited fds at fixed numbers (one call places them all).
         for (i, nic) in vm.nics.iter().enumerate() {
             let target = FIRST_TAP_FD + i as i32;

@@ -5,7 +5,6 @@
 //! hybrid vsock. Every step watches the processes already started, so a daemon that dies
 //! fails the boot at once with its name; a failed boot stops whatever was started.
 
-mod console;
 mod sizing;
 mod virtiofsd;
 mod vsock_backend;
@@ -19,6 +18,7 @@ use std::time::{Duration, Instant};
 use crate::agent::{Agent, AgentError, AgentNotice};
 use crate::assets::Assets;
 use crate::hypervisor::{self, BackendKind, HypervisorError, Nic, VmConfig};
+use crate::jail::{JailError, JailId, JailSpec, UidRange};
 use crate::process::{ChildProc, ProcessError};
 use crate::share::{Layout, ShareError};
 use crate::state::StateDir;
@@ -38,6 +38,8 @@ pub enum SandboxError {
     Process(#[from] ProcessError),
     #[error(transparent)]
     Share(#[from] ShareError),
+    #[error(transparent)]
+    Jail(#[from] JailError),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     /// The VM started but the agent never answered.
@@ -87,7 +89,14 @@ pub struct Sandbox {
     /// The VMM first: stopping it first lets the daemons see their frontend go.
     procs: Vec<ChildProc>,
     vsock_socket: PathBuf,
+    /// The unprivileged uid its jailed processes run as, held for the sandbox's life.
+    _jail: JailId,
 }
+
+/// Open files a jailed VMM or backend may hold.
+const JAIL_NOFILE: u64 = 4096;
+/// Largest file a jailed process may write on its own account: its log.
+const JAIL_FSIZE: u64 = 16 << 20;
 
 /// A booted sandbox and its agent's connection.
 pub struct Booted {
@@ -110,16 +119,40 @@ impl Sandbox {
         let hypervisor = hypervisor::select(config.backend, assets)?;
 
         let mut procs = Vec::new();
-        let jail = dir.vmm_jail();
-        fs::create_dir_all(&jail).map_err(|source| SandboxError::Io { path: jail.clone(), source })?;
+        // The sandbox's own unprivileged uid, and the directory of sockets its jailed
+        // processes share with the host.
+        let id = UidRange::configured()?.allocate(&dir.dir.display().to_string())?;
+        let sockets = dir.vmm_jail();
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SandboxError::Io { path, source }
+        };
+        fs::create_dir_all(&sockets).map_err(io(&sockets))?;
+        std::os::unix::fs::chown(&sockets, Some(id.uid), Some(id.gid)).map_err(io(&sockets))?;
+        let jail = JailSpec {
+            root: PathBuf::new(),
+            uid: id.uid,
+            gid: id.gid,
+            groups: Vec::new(),
+            read_only: Vec::new(),
+            writable: vec![sockets.clone()],
+            devices: Vec::new(),
+            new_network: true,
+            nofile: JAIL_NOFILE,
+            fsize: JAIL_FSIZE,
+            cgroups: Vec::new(),
+        };
         if !hypervisor.serves_vsock() {
-            let mut vsock = vsock_backend::spawn(&assets.vsock_backend, dir, GUEST_CID)?;
+            let mut vsock = vsock_backend::spawn(&assets.vsock_backend, dir, GUEST_CID, &jail)?;
             crate::process::wait_for_path(&dir.vhost_vsock_socket(), &mut vsock, Duration::from_secs(10))?;
             procs.push(vsock);
         }
         let mut fs_daemon = virtiofsd::spawn(&assets.virtiofsd, dir, layout)?;
-        crate::process::wait_for_path(&dir.virtiofsd_socket(), &mut fs_daemon, Duration::from_secs(10))?;
+        let fs_socket = dir.virtiofsd_socket();
+        crate::process::wait_for_path(&fs_socket, &mut fs_daemon, Duration::from_secs(10))?;
         procs.push(fs_daemon);
+        // virtiofsd runs as root; the jailed VMM connects to its socket.
+        std::os::unix::fs::chown(&fs_socket, Some(id.uid), Some(id.gid)).map_err(io(&fs_socket))?;
 
         // no_timer_check: under TCG on a loaded host the kernel's early check that the timer
         // reaches the IO-APIC can miss its ticks and panic ("IO-APIC + timer doesn't work").
@@ -139,12 +172,13 @@ impl Sandbox {
             virtiofs_tag: SHARE_TAG.into(),
             nics,
             console_fd: None,
+            jail: JailSpec { root: dir.jail_root(hypervisor.name()), ..jail },
         };
         // A VMM that does not cap its console itself writes it through a capped sink.
         let console = match hypervisor.caps_console() {
             true => None,
             false => Some(
-                console::sink(&vm.console_log, console::cap())
+                crate::log_sink::sink(&vm.console_log, crate::log_sink::console_cap())
                     .map_err(|source| SandboxError::Io { path: vm.console_log.clone(), source })?,
             ),
         };
@@ -173,7 +207,7 @@ impl Sandbox {
             }))
         })?;
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "agent ready");
-        Ok(Booted { sandbox: Sandbox { procs, vsock_socket }, agent, notices })
+        Ok(Booted { sandbox: Sandbox { procs, vsock_socket, _jail: id }, agent, notices })
     }
 }
 

@@ -1,6 +1,7 @@
-//! The guest console, as QEMU's serial port writes it: through a pipe into a sink that keeps
-//! at most a cap of it in `console.log` and drains the rest, so a guest that writes without end
-//! cannot fill the host's `/run`. (hull-vmm caps its console log itself.)
+//! Logs a guest can make a host process write: through a pipe into a sink that keeps at most a
+//! cap of it in the file and drains the rest, so a guest cannot fill the host's `/run` through
+//! them. QEMU's serial console (`console.log`) and its own stderr (`vmm.log`) go this way;
+//! hull-vmm caps its console log itself.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -10,9 +11,11 @@ use std::path::Path;
 /// What `console.log` keeps of a guest's console: the boot, the agent's lines, and a lot of
 /// whatever follows.
 pub const CONSOLE_CAP: u64 = 64 << 20;
+/// What a VMM's own log keeps.
+pub const VMM_LOG_CAP: u64 = 16 << 20;
 
-/// The cap, or `HULL_CONSOLE_CAP` (bytes) where a test wants a small one.
-pub fn cap() -> u64 {
+/// The console cap, or `HULL_CONSOLE_CAP` (bytes) where a test wants a small one.
+pub fn console_cap() -> u64 {
     std::env::var("HULL_CONSOLE_CAP").ok().and_then(|v| v.parse().ok()).unwrap_or(CONSOLE_CAP)
 }
 
@@ -40,8 +43,8 @@ pub fn sink(log: &Path, cap: u64) -> std::io::Result<OwnedFd> {
             }
             kept += take as u64;
             if kept >= cap {
-                let _ = writeln!(file, "\n[hull: the console log reached its cap of {cap} bytes; the rest is dropped]");
-                tracing::warn!(cap, "the guest console reached its cap");
+                let _ = writeln!(file, "\n[hull: this log reached its cap of {cap} bytes; the rest is dropped]");
+                tracing::warn!(cap, "a log the guest can fill reached its cap");
             }
         }
     })?;
@@ -54,7 +57,7 @@ mod tests {
 
     #[test]
     fn keeps_the_cap_and_drains_the_rest() {
-        let log = std::env::temp_dir().join(format!("hull-console-test-{}", std::process::id()));
+        let log = std::env::temp_dir().join(format!("hull-log-sink-test-{}", std::process::id()));
         let write = sink(&log, 1000).unwrap();
         let mut w = File::from(write);
         for _ in 0..100 {

@@ -1,0 +1,441 @@
+//! The jailer: how every host process that maps guest memory or reads what the guest writes
+//! is started (QEMU, the vsock backend; virtiofsd as far as it can be; hull-vmm jails itself
+//! the same way from inside and gets only the uid and cgroup from here).
+//!
+//! Between fork and exec the child, still root:
+//! 1. joins the sandbox's host cgroups and marks every inherited fd close-on-exec (the fds it
+//!    is meant to have are placed afterwards, see [`crate::process::inherit_fds`]);
+//! 2. enters new mount, IPC and UTS (and, for processes that need no network, network)
+//!    namespaces, and mounts a small tmpfs on the jail dir holding only what it needs, each
+//!    bound at its own host path (so no path on its command line changes): `/usr` and the
+//!    dynamic loader's cache read-only, the assets it loads read-only, its sockets directory,
+//!    the devices it opens; then `pivot_root`s into it, detaches the old root and makes the
+//!    new one read-only;
+//! 3. sets RLIMIT_NOFILE and RLIMIT_FSIZE, drops the whole capability bounding set, switches
+//!    to the sandbox's unprivileged uid and gid (all capabilities go with root), sets
+//!    `no_new_privs`, and installs a seccomp filter that refuses what no VMM or device backend
+//!    needs (mounts, namespaces, ptrace, module and kexec loading, bpf, perf, keyrings,
+//!    io_uring, user namespaces through clone).
+//!
+//! The uid comes from a range ([`UidRange`]), one per sandbox, held by a lock file for the
+//! sandbox's life.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where the uid locks live.
+const UID_LOCKS: &str = "/run/hull/jail-uids";
+/// First uid and count of the default range: far above any distribution's users and podman's
+/// subordinate ranges (`HULL_JAIL_UIDS=FIRST:COUNT` to change it).
+const DEFAULT_UIDS: (u32, u32) = (0x6c00_0000, 65_536);
+/// The jail root's tmpfs: directories and mountpoints only.
+const ROOT_TMPFS: &CStr = c"size=64k,nr_inodes=1024,mode=0755";
+
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("{what} {}: {source}", path.display())]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("HULL_JAIL_UIDS={0:?}: expected FIRST:COUNT")]
+    BadRange(String),
+    #[error("no free jail uid in {first}..{}: every one is held by a running sandbox", first + count)]
+    NoFreeUid { first: u32, count: u32 },
+    #[error("path {0:?} contains a NUL byte")]
+    Nul(PathBuf),
+    #[error("building the seccomp filter: {0}")]
+    Seccomp(String),
+}
+
+type Result<T> = std::result::Result<T, JailError>;
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JailError {
+    let path = path.to_path_buf();
+    move |source| JailError::Io { what, path, source }
+}
+
+fn cstring(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| JailError::Nul(p.to_path_buf()))
+}
+
+/// An unprivileged uid (and the gid of the same number) held for one sandbox; released when
+/// dropped, or when its holder dies (the lock is an `flock`).
+#[derive(Debug)]
+pub struct JailId {
+    pub uid: u32,
+    pub gid: u32,
+    _lock: File,
+}
+
+pub struct UidRange {
+    first: u32,
+    count: u32,
+}
+
+impl UidRange {
+    /// `HULL_JAIL_UIDS`, or the default range.
+    pub fn configured() -> Result<UidRange> {
+        match std::env::var("HULL_JAIL_UIDS") {
+            Ok(v) if !v.is_empty() => {
+                let (first, count) = v.split_once(':').ok_or_else(|| JailError::BadRange(v.clone()))?;
+                let first: u32 = first.parse().map_err(|_| JailError::BadRange(v.clone()))?;
+                let count: u32 = count.parse().map_err(|_| JailError::BadRange(v.clone()))?;
+                if first == 0 || count == 0 || first.checked_add(count).is_none() {
+                    return Err(JailError::BadRange(v));
+                }
+                Ok(UidRange { first, count })
+            }
+            _ => Ok(UidRange { first: DEFAULT_UIDS.0, count: DEFAULT_UIDS.1 }),
+        }
+    }
+
+    /// Take a uid no running sandbox holds, starting from one derived from `hint` (the
+    /// sandbox's name) so concurrent sandboxes rarely contend for the same lock.
+    pub fn allocate(&self, hint: &str) -> Result<JailId> {
+        let dir = Path::new(UID_LOCKS);
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        let start = hint.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)) % self.count;
+        for i in 0..self.count {
+            let uid = self.first + (start + i) % self.count;
+            let path = dir.join(uid.to_string());
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io("opening", &path))?;
+            // SAFETY: flock on an fd we own; LOCK_NB returns at once.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(JailId { uid, gid: uid, _lock: file });
+            }
+        }
+        Err(JailError::NoFreeUid { first: self.first, count: self.count })
+    }
+}
+
+/// What one jailed process may see and be.
+#[derive(Debug, Clone)]
+pub struct JailSpec {
+    /// An empty directory to build the root in (a tmpfs is mounted over it in the child).
+    pub root: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (e.g. the group of /dev/kvm).
+    pub groups: Vec<u32>,
+    /// Host paths bound at the same path in the jail, read-only.
+    pub read_only: Vec<PathBuf>,
+    /// Host directories bound at the same path, writable (its sockets).
+    pub writable: Vec<PathBuf>,
+    /// Device nodes bound at the same path.
+    pub devices: Vec<PathBuf>,
+    /// Whether the process keeps the host's network namespace (nothing jailed here needs it:
+    /// taps arrive as fds and sockets are unix ones).
+    pub new_network: bool,
+    pub nofile: u64,
+    /// Largest file it may write (its logs); past it the write fails with EFBIG.
+    pub fsize: u64,
+    /// `cgroup.procs` files to join first.
+    pub cgroups: Vec<PathBuf>,
+}
+
+/// Everything the child needs, made before the fork (the child may not allocate).
+struct Prepared {
+    root: CString,
+    cgroups: Vec<CString>,
+    /// (source, target in the jail root, kind).
+    binds: Vec<(CString, CString, BindKind)>,
+    /// Directories to create in the jail root, parents first.
+    dirs: Vec<CString>,
+    /// (link target, link path) for merged-/usr symlinks.
+    links: Vec<(CString, CString)>,
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+    new_network: bool,
+    nofile: u64,
+    fsize: u64,
+    filters: Vec<Vec<libc::sock_filter>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BindKind {
+    ReadOnlyDir,
+    ReadOnlyFile,
+    WritableDir,
+    Device,
+}
+
+impl JailSpec {
+    fn prepare(&self) -> Result<Prepared> {
+        let in_root = |p: &Path| cstring(&self.root.join(p.strip_prefix("/").unwrap_or(p)));
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let want_dir = |p: &Path, dirs: &mut Vec<PathBuf>| {
+            for a in p.ancestors().collect::<Vec<_>>().into_iter().rev() {
+                if a != Path::new("/") && !dirs.iter().any(|d| d == a) {
+                    dirs.push(a.to_path_buf());
+                }
+            }
+        };
+        let mut binds = Vec::new();
+        let mut links = Vec::new();
+        // /usr, and the merged-/usr links Debian has at /lib, /lib64, /bin, /sbin.
+        let mut read_only = vec![PathBuf::from("/usr"), PathBuf::from("/etc/ld.so.cache")];
+        for link in ["/lib", "/lib64", "/bin", "/sbin"] {
+            match std::fs::read_link(link) {
+                Ok(target) => links.push((cstring(&target)?, in_root(Path::new(link))?)),
+                Err(_) if Path::new(link).is_dir() => read_only.push(PathBuf::from(link)),
+                Err(_) => {}
+            }
+        }
+        read_only.extend(self.read_only.iter().cloned());
+        // What lies under a directory that is bound anyway needs no bind of its own (and could
+        // not get one: the directory is read-only by then).
+        let dirs_bound: Vec<PathBuf> = read_only.iter().chain(&self.writable).filter(|p| p.is_dir()).cloned().collect();
+        let covered = |p: &Path| dirs_bound.iter().any(|d| d != p && p.starts_with(d));
+        let mut seen = Vec::new();
+        for path in &read_only {
+            if !path.exists() || covered(path) || seen.contains(path) {
+                continue;
+            }
+            seen.push(path.clone());
+            let kind = if path.is_dir() { BindKind::ReadOnlyDir } else { BindKind::ReadOnlyFile };
+            match kind {
+                BindKind::ReadOnlyDir => want_dir(path, &mut dirs),
+                _ => want_dir(path.parent().unwrap_or(Path::new("/")), &mut dirs),
+            }
+            binds.push((cstring(path)?, in_root(path)?, kind));
+        }
+        for path in &self.writable {
+            want_dir(path, &mut dirs);
+            binds.push((cstring(path)?, in_root(path)?, BindKind::WritableDir));
+        }
+        let devices: Vec<PathBuf> = [Path::new("/dev/null"), Path::new("/dev/zero"), Path::new("/dev/urandom")]
+            .into_iter()
+            .map(Path::to_path_buf)
+            .chain(self.devices.iter().cloned())
+            .collect();
+        for dev in &devices {
+            want_dir(dev.parent().unwrap_or(Path::new("/")), &mut dirs);
+            binds.push((cstring(dev)?, in_root(dev)?, BindKind::Device));
+        }
+        let dirs = dirs.iter().map(|d| in_root(d)).collect::<Result<Vec<_>>>()?;
+        Ok(Prepared {
+            root: cstring(&self.root)?,
+            cgroups: self.cgroups.iter().map(|p| cstring(p)).collect::<Result<_>>()?,
+            binds,
+            dirs,
+            links,
+            uid: self.uid,
+            gid: self.gid,
+            groups: self.groups.clone(),
+            new_network: self.new_network,
+            nofile: self.nofile,
+            fsize: self.fsize,
+            filters: deny_filters()?,
+        })
+    }
+
+    /// Make `cmd` start jailed. Register this before [`crate::process::inherit_fds`]: it marks
+    /// every inherited fd close-on-exec, and the fds placed afterwards are the ones kept.
+    pub fn apply(&self, cmd: &mut Command) -> Result<()> {
+        std::fs::create_dir_all(&self.root).map_err(io("creating", &self.root))?;
+        let p = self.prepare()?;
+        // SAFETY: between fork and exec the closure makes only raw system calls (no
+        // allocation, no locks) on data prepared above and moved into it.
+        unsafe {
+            cmd.pre_exec(move || enter(&p));
+        }
+        Ok(())
+    }
+}
+
+fn os_check(rc: libc::c_long) -> std::io::Result<()> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Between fork and exec: the steps of the module comment, in order.
+///
+/// # Safety
+/// Call only in the child of a fork, before exec.
+unsafe fn enter(p: &Prepared) -> std::io::Result<()> {
+    use libc::*;
+    // SAFETY: every call below is an async-signal-safe system call whose pointer arguments
+    // are NUL-terminated strings or structs owned by `p`, which outlives it.
+    unsafe {
+        for procs in &p.cgroups {
+            let fd = open(procs.as_ptr(), O_WRONLY | O_CLOEXEC);
+            os_check(fd as c_long)?;
+            let written = write(fd, c"0".as_ptr().cast(), 1);
+            close(fd);
+            os_check(written as c_long)?;
+        }
+        os_check(syscall(SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC))?;
+        let mut flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS;
+        if p.new_network {
+            flags |= CLONE_NEWNET;
+        }
+        os_check(unshare(flags) as c_long)?;
+        let null = std::ptr::null();
+        os_check(mount(null, c"/".as_ptr(), null, MS_REC | MS_PRIVATE, null.cast()) as c_long)?;
+        // The skeleton is made for the jail's uid to walk; what it creates later is its own.
+        umask(0o022);
+        let tmpfs = c"tmpfs".as_ptr();
+        os_check(mount(tmpfs, p.root.as_ptr(), tmpfs, MS_NOSUID | MS_NODEV, ROOT_TMPFS.as_ptr().cast()) as c_long)?;
+        for dir in &p.dirs {
+            if mkdir(dir.as_ptr(), 0o755) < 0 && *__errno_location() != EEXIST {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        for (target, link) in &p.links {
+            os_check(symlink(target.as_ptr(), link.as_ptr()) as c_long)?;
+        }
+        for (source, target, kind) in &p.binds {
+            if *kind != BindKind::ReadOnlyDir && *kind != BindKind::WritableDir {
+                let fd = open(target.as_ptr(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600);
+                os_check(fd as c_long)?;
+                close(fd);
+            }
+            os_check(mount(source.as_ptr(), target.as_ptr(), null, MS_BIND | MS_REC, null.cast()) as c_long)?;
+            let mut remount = MS_BIND | MS_REMOUNT | MS_NOSUID;
+            match kind {
+                BindKind::ReadOnlyDir | BindKind::ReadOnlyFile => remount |= MS_RDONLY | MS_NODEV,
+                BindKind::WritableDir => remount |= MS_NODEV | MS_NOEXEC,
+                BindKind::Device => remount |= MS_NOEXEC,
+            }
+            os_check(mount(null, target.as_ptr(), null, remount, null.cast()) as c_long)?;
+        }
+        // pivot_root(".", "."): the old root ends up stacked on the new one and is detached.
+        os_check(chdir(p.root.as_ptr()) as c_long)?;
+        os_check(syscall(SYS_pivot_root, c".".as_ptr(), c".".as_ptr()))?;
+        os_check(umount2(c".".as_ptr(), MNT_DETACH) as c_long)?;
+        os_check(chdir(c"/".as_ptr()) as c_long)?;
+        let ro = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV;
+        os_check(mount(null, c"/".as_ptr(), null, ro, null.cast()) as c_long)?;
+
+        umask(0o077);
+        let nofile = rlimit { rlim_cur: p.nofile, rlim_max: p.nofile };
+        os_check(setrlimit(RLIMIT_NOFILE, &nofile) as c_long)?;
+        let fsize = rlimit { rlim_cur: p.fsize, rlim_max: p.fsize };
+        os_check(setrlimit(RLIMIT_FSIZE, &fsize) as c_long)?;
+        // Past the file size limit a write fails with EFBIG instead of killing the process.
+        signal(SIGXFSZ, SIG_IGN);
+        for cap in 0..64 {
+            if prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && *__errno_location() != EINVAL {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        os_check(setgroups(p.groups.len(), p.groups.as_ptr()) as c_long)?;
+        os_check(setresgid(p.gid, p.gid, p.gid) as c_long)?;
+        os_check(setresuid(p.uid, p.uid, p.uid) as c_long)?;
+        os_check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as c_long)?;
+        for filter in &p.filters {
+            let prog = sock_fprog { len: filter.len() as c_ushort, filter: filter.as_ptr() as *mut sock_filter };
+            os_check(syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog))?;
+        }
+    }
+    Ok(())
+}
+
+/// The seccomp filters every jailed process gets: what is listed fails with EPERM (clone3 with
+/// ENOSYS, so that libc falls back to clone, whose flags can be checked); everything else is
+/// left to the process's own filter, if it has one (QEMU's `-sandbox`, virtiofsd's).
+fn deny_filters() -> Result<Vec<Vec<libc::sock_filter>>> {
+    use seccompiler::{
+        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+        TargetArch,
+    };
+    use std::collections::BTreeMap;
+    let denied = [
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_chroot,
+        libc::SYS_unshare,
+        libc::SYS_setns,
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+        libc::SYS_kexec_load,
+        libc::SYS_kexec_file_load,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_bpf,
+        libc::SYS_perf_event_open,
+        libc::SYS_keyctl,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_open_by_handle_at,
+        libc::SYS_name_to_handle_at,
+        libc::SYS_userfaultfd,
+        libc::SYS_reboot,
+        libc::SYS_swapon,
+        libc::SYS_swapoff,
+        libc::SYS_acct,
+        libc::SYS_settimeofday,
+        libc::SYS_clock_settime,
+        libc::SYS_clock_adjtime,
+        libc::SYS_adjtimex,
+        libc::SYS_iopl,
+        libc::SYS_ioperm,
+        libc::SYS_syslog,
+        libc::SYS_quotactl,
+        libc::SYS_fanotify_init,
+        libc::SYS_vhangup,
+        libc::SYS_pidfd_getfd,
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+        libc::SYS_mknod,
+        libc::SYS_mknodat,
+    ];
+    let seccomp = |e: seccompiler::BackendError| JailError::Seccomp(e.to_string());
+    let build = |rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32| -> Result<Vec<libc::sock_filter>> {
+        let filter =
+            SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno as u32), TargetArch::x86_64)
+                .map_err(|e| JailError::Seccomp(e.to_string()))?;
+        let program: BpfProgram =
+            filter.try_into().map_err(|e: seccompiler::BackendError| JailError::Seccomp(e.to_string()))?;
+        Ok(program.into_iter().map(|f| libc::sock_filter { code: f.code, jt: f.jt, jf: f.jf, k: f.k }).collect())
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = denied.iter().map(|s| (*s, Vec::new())).collect();
+    // clone with a new user namespace: the one namespace an unprivileged process may make.
+    let newuser = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(libc::CLONE_NEWUSER as u64),
+        libc::CLONE_NEWUSER as u64,
+    )
+    .map_err(seccomp)?;
+    rules.insert(libc::SYS_clone, vec![SeccompRule::new(vec![newuser]).map_err(seccomp)?]);
+    let clone3 = [(libc::SYS_clone3, Vec::new())].into_iter().collect();
+    Ok(vec![build(rules, libc::EPERM)?, build(clone3, libc::ENOSYS)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filters_build() {
+        let filters = deny_filters().unwrap();
+        assert_eq!(filters.len(), 2);
+        assert!(filters.iter().all(|f| !f.is_empty() && f.len() < 512));
+    }
+
+    #[test]
+    fn uid_ranges_are_checked() {
+        for bad in ["", "x", "0:10", "5", "4294967295:2", "10:0"] {
+            std::env::set_var("HULL_JAIL_UIDS", bad);
+            assert!(bad.is_empty() || UidRange::configured().is_err(), "{bad:?} accepted");
+        }
+        std::env::remove_var("HULL_JAIL_UIDS");
+    }
+}
