@@ -13,7 +13,9 @@
 //!   for every container id it can think of; `flood-huge` adds 64 MiB of exec ids;
 //! - `ignore-sigkill`: acknowledge SIGKILL for the container and never deliver it;
 //! - `stop-reading`: stop reading the control connection once the container has started;
-//! - `console-flood`: write to the console without end.
+//! - `console-flood`: write to the console without end;
+//! - `eat-memory`: touch as much of the guest's RAM as it can get (the VM's, not the
+//!   container's: the agent is in no container cgroup).
 //!
 //! Each act says on the console what came of it (`hostile: <act>: <result>`).
 
@@ -95,6 +97,21 @@ pub fn on_create(id: &str, spec: &Spec, events: &EventSink) {
             let (events, id) = (events.clone(), id.to_string());
             std::thread::spawn(move || flood(&events, &id, huge));
         }
+    }
+    if acts.contains("eat-memory") {
+        std::thread::spawn(|| {
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            loop {
+                let mut chunk = vec![0u8; 1 << 20];
+                for page in chunk.chunks_mut(4096) {
+                    page[0] = 1;
+                }
+                held.push(chunk);
+                if held.len().is_multiple_of(16) {
+                    report("eat-memory", format!("{} MiB touched", held.len()));
+                }
+            }
+        });
     }
     if acts.contains("console-flood") {
         std::thread::spawn(|| {

@@ -18,6 +18,7 @@ pub mod agent;
 pub mod assets;
 pub mod beneath;
 pub mod bundle;
+pub mod cgroup;
 pub mod hooks;
 pub mod hypervisor;
 pub mod jail;

@@ -132,6 +132,13 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
+/// Whether `pid` has died and waits to be reaped (a dead supervisor whose parent has not
+/// collected it yet is dead all the same).
+pub fn is_zombie(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    matches!(stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()), Some("Z" | "X"))
+}
+
 /// Wait until `path` exists (a daemon's listening socket), or fail early if `proc` dies.
 pub fn wait_for_path(path: &Path, proc: &mut ChildProc, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;

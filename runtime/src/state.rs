@@ -86,6 +86,9 @@ pub struct State {
     /// Redirects installed in a container network namespace, for clean-up after a crash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::network::Record>,
+    /// The sandbox's host cgroup (below each hierarchy's root), for clean-up after a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 impl State {
@@ -95,7 +98,7 @@ impl State {
     pub fn supervisor_alive(&self) -> bool {
         let Some(pid) = self.pid else { return false };
         match (self.supervisor_start, crate::process::start_time(pid)) {
-            (Some(recorded), Some(now)) => recorded == now,
+            (Some(recorded), Some(now)) => recorded == now && !crate::process::is_zombie(pid),
             _ => false,
         }
     }
@@ -279,6 +282,7 @@ mod tests {
             created: now_rfc3339(),
             exit_status: None,
             network: None,
+            cgroup: None,
         };
         dir.write(&state).unwrap();
         let back = dir.read().unwrap();

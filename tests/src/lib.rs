@@ -223,6 +223,44 @@ fn busybox() -> &'static str {
         .expect("busybox-static is installed")
 }
 
+/// The host cgroup of `pid` for a v1 `controller`, or its v2 cgroup: the path below the
+/// hierarchy's root, and that cgroup's directory.
+pub fn host_cgroup(pid: u32, controller: &str) -> Option<(String, PathBuf)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    text.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, names, path) = (f.next()?, f.next()?, f.next()?);
+        if v2 && names.is_empty() {
+            return Some((path.to_string(), Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'))));
+        }
+        names.split(',').any(|n| n == controller).then(|| {
+            (path.to_string(), Path::new("/sys/fs/cgroup").join(controller).join(path.trim_start_matches('/')))
+        })
+    })
+}
+
+/// The memory limit of the cgroup at `dir` (v2 `memory.max`, v1 `memory.limit_in_bytes`).
+pub fn memory_limit(dir: &Path) -> Option<u64> {
+    ["memory.max", "memory.limit_in_bytes"]
+        .iter()
+        .find_map(|f| fs::read_to_string(dir.join(f)).ok()?.trim().parse().ok())
+}
+
+/// Pids of the processes whose command line contains `needle` and whose program contains
+/// `kind` ("qemu", "virtiofsd", "vhost-device-vsock").
+pub fn processes_of(needle: &str, kind: &str) -> Vec<u32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmdline = String::from_utf8_lossy(&fs::read(e.path().join("cmdline")).ok()?).replace('\0', " ");
+            (cmdline.contains(needle) && cmdline.split(' ').next()?.contains(kind)).then_some(pid)
+        })
+        .collect()
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

@@ -253,3 +253,39 @@ fn ctr_run_and_exec_with_a_tty_mirror_the_window_size() {
     c.ctr_ok(&["container", "rm", "tt2"]);
     c.assert_clean();
 }
+
+/// containerd's cgroup for the task holds the VM's processes and the task's limit plus the
+/// VM's documented overhead.
+#[test]
+fn ctr_memory_limit_holds_the_whole_vm_on_the_host() {
+    let c = setup("ctr-hostcg");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &(64u64 << 20).to_string(),
+        IMAGE,
+        "m1",
+        "sleep",
+        "300",
+    ]);
+    let spec: serde_json::Value = serde_json::from_str(&c.ctr_ok(&["container", "info", "m1"])).unwrap();
+    let wanted = spec["Spec"]["linux"]["cgroupsPath"].as_str().expect("containerd names a cgroup").to_string();
+    let mut checked = 0;
+    for kind in ["qemu-system", "vhost-device-vsock", "virtiofsd"] {
+        for pid in hull_tests::processes_of("/run/hull/shim/", kind) {
+            let (at, dir) = hull_tests::host_cgroup(pid, "memory").expect("a memory cgroup");
+            assert_eq!(at, wanted, "{kind} {pid}");
+            assert_eq!(hull_tests::memory_limit(&dir), Some((64 + 128 + 96) << 20), "{}", dir.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "found {checked} sandbox processes");
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "m1"]);
+    wait_for_status(&c, "m1", "STOPPED");
+    c.ctr_ok(&["task", "delete", "m1"]);
+    c.ctr_ok(&["container", "delete", "m1"]);
+    c.assert_clean();
+}

@@ -306,3 +306,30 @@ fn the_console_log_is_capped() {
     assert!(out.status.success(), "delete: {}", text(&out.stderr));
     env.assert_clean();
 }
+
+/// The guest touches all of its RAM; with no room left for the VMM in the host cgroup, the
+/// host's OOM killer takes QEMU. That is the container's OOM kill: 137, not a sandbox failure,
+/// and never a hang.
+#[test]
+fn a_vm_over_its_host_memory_limit_is_an_oom_kill() {
+    let mut env = Env::new("hostile-oom").hostile();
+    // The documented overhead is what keeps QEMU's own memory inside the limit: without it,
+    // the guest's RAM alone fills the cgroup.
+    env.vars.push(("HULL_HOST_OVERHEAD_MIB".into(), "0".into()));
+    let b = hostile_bundle(&env, "b", "eat-memory", &["sleep", "600"]);
+    b.edit(|c| {
+        c["linux"]["resources"] = serde_json::json!({"memory": {"limit": 64 << 20}});
+    });
+    let started = Instant::now();
+    let out = env.hull_out(&["run", "--keep", "--bundle", b.path(), "c1"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "stdout {} stderr {stderr}", text(&out.stdout));
+    assert!(started.elapsed() < Duration::from_secs(120), "took {:?}", started.elapsed());
+    let console = std::fs::read_to_string(env.root.join("c1/console.log")).unwrap_or_default();
+    assert!(console.contains("hostile: eat-memory:"), "the guest never ate: {console}");
+    assert_eq!(state(&env, "c1")["exitStatus"], 137);
+    assert!(stderr.contains("exceeded its host memory limit"), "{stderr}");
+    let out = env.hull_out(&["delete", "c1"]);
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    env.assert_clean();
+}

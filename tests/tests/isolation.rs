@@ -205,3 +205,57 @@ fn every_process_that_touches_guest_memory_is_jailed() {
     assert!(out.status.success(), "delete: {}", text(&out.stderr));
     env.assert_clean();
 }
+
+/// The VM's processes run in the container's host cgroup (`linux.cgroupsPath`), which holds
+/// the VM to the container's memory limit plus its documented overhead, and is removed with
+/// the container, also after its supervisor died.
+#[test]
+fn the_vm_is_held_in_the_containers_host_cgroup() {
+    let env = Env::new("hostcg");
+    let path = format!("/hull-e2e-{}/c1", std::process::id());
+    let b = env.bundle("b", &["sleep", "300"]);
+    b.edit(|c| {
+        c["linux"]["cgroupsPath"] = path.clone().into();
+        c["linux"]["resources"] = serde_json::json!({"memory": {"limit": 64 << 20}, "pids": {"limit": 20}});
+    });
+    for round in ["delete", "crash"] {
+        let out = env.hull_detached(&["run", "-d", "--bundle", b.path(), "c1"]);
+        assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+        let mut dirs = Vec::new();
+        for kind in ["qemu-system", "vhost-device-vsock", "virtiofsd"] {
+            let pids = hull_tests::processes_of(&env.root.to_string_lossy(), kind);
+            assert!(!pids.is_empty(), "{kind}");
+            for pid in pids {
+                let (at, dir) = hull_tests::host_cgroup(pid, "memory").expect("a memory cgroup");
+                assert_eq!(at, path, "{kind} {pid} is in {at}");
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+                assert!(procs.lines().any(|l| l == pid.to_string()), "{kind} {pid} not in {}", dir.display());
+                dirs.push(dir);
+            }
+        }
+        // 64 MiB + 128 MiB for the guest kernel and agent (the VM's RAM) + 96 MiB for the VMM.
+        assert_eq!(hull_tests::memory_limit(&dirs[0]), Some((64 + 128 + 96) << 20), "{}", dirs[0].display());
+        if round == "delete" {
+            let out = env.hull_out(&["delete", "--force", "c1"]);
+            assert!(out.status.success(), "delete: {}", text(&out.stderr));
+        } else {
+            let state: serde_json::Value = serde_json::from_slice(&env.hull_out(&["state", "c1"]).stdout).unwrap();
+            // SAFETY: kill(2) of the supervisor this test started.
+            unsafe { libc::kill(state["pid"].as_i64().unwrap() as i32, libc::SIGKILL) };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !hull_tests::processes_of(&env.root.to_string_lossy(), "qemu").is_empty() {
+                assert!(std::time::Instant::now() < deadline, "the VM outlived its supervisor");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let out = env.hull_out(&["delete", "c1"]);
+            assert!(out.status.success(), "delete after a crash: {}", text(&out.stderr));
+        }
+        for dir in &dirs {
+            assert!(!dir.exists(), "{round}: {} is left", dir.display());
+        }
+        env.assert_clean();
+    }
+    for controller in ["memory", "cpu", "pids", ""] {
+        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{controller}/hull-e2e-{}", std::process::id()));
+    }
+}

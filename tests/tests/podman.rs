@@ -192,3 +192,32 @@ fn podman_options_user_read_only_limits_caps_volumes_pause() {
     assert!(p.run(&["rm", "-f", "-t", "0", "hull-e2e-pause"]).status.success());
     p.env.assert_clean();
 }
+
+/// `--memory 64m`: the VM's processes live in the cgroup podman named for the container, whose
+/// limit is the container's plus the VM's documented overhead (128 MiB guest, 96 MiB host).
+#[test]
+fn podman_memory_limit_holds_the_whole_vm_on_the_host() {
+    let p = Podman::new("podman-hostcg");
+    let _ = p.run(&["rm", "-f", "hull-e2e-mem"]);
+    let out =
+        p.run(&["run", "-d", "--name", "hull-e2e-mem", "--network", "none", "--memory", "64m", IMAGE, "sleep", "300"]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let id = text(&p.run(&["inspect", "--format", "{{.Id}}", "hull-e2e-mem"]).stdout).trim().to_string();
+    let config = format!("/var/lib/containers/storage/overlay-containers/{id}/userdata/config.json");
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let wanted = spec["linux"]["cgroupsPath"].as_str().expect("podman names a cgroup").to_string();
+    let needle = format!("/run/hull/{id}/");
+    let mut checked = 0;
+    for kind in ["qemu-system", "vhost-device-vsock", "virtiofsd"] {
+        for pid in hull_tests::processes_of(&needle, kind) {
+            let (at, dir) = hull_tests::host_cgroup(pid, "memory").expect("a memory cgroup");
+            assert!(at.ends_with(wanted.trim_start_matches('/')), "{kind} {pid} is in {at}, podman named {wanted}");
+            assert_eq!(hull_tests::memory_limit(&dir), Some((64 + 128 + 96) << 20), "{}", dir.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "found {checked} sandbox processes");
+    let out = p.run(&["rm", "-f", "-t", "0", "hull-e2e-mem"]);
+    assert!(out.status.success(), "rm: {}", text(&out.stderr));
+    p.env.assert_clean();
+}

@@ -42,6 +42,7 @@ impl HullVmm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        crate::cgroup::join_on_exec(&mut cmd, &vm.jail.cgroups)?;
         // hull-vmm takes one NIC; more would need a JSON config, which the sandbox never asks for.
         if let Some(nic) = vm.nics.first() {
             if vm.nics.len() > 1 {

@@ -25,6 +25,8 @@ pub enum HypervisorError {
     Launch(#[from] ProcessError),
     #[error(transparent)]
     Jail(#[from] crate::jail::JailError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
 }
 
 type Result<T> = std::result::Result<T, HypervisorError>;

@@ -42,6 +42,8 @@ pub enum PodError {
     Assets(#[from] crate::assets::MissingAsset),
     #[error(transparent)]
     Process(#[from] crate::process::ProcessError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
     #[error("{what}: {source}")]
     Io { what: &'static str, source: std::io::Error },
     /// A callback of the front end failed (see [`super::PodConfig::on_network`]).
@@ -73,6 +75,7 @@ impl PodError {
             | PodError::Stdio(_)
             | PodError::Assets(_)
             | PodError::Process(_)
+            | PodError::Cgroup(_)
             | PodError::Io { .. }
             | PodError::Caller(_) => ErrorKind::Internal,
         }

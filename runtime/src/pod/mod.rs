@@ -72,6 +72,11 @@ pub trait Vm: Send {
     fn pidfds(&self) -> std::result::Result<Vec<(&'static str, OwnedFd)>, ProcessError>;
     /// How a process of the VM ended, if one has.
     fn how_it_ended(&mut self) -> Option<String>;
+    /// Whether the host's OOM killer has killed a process of the VM (its host cgroup's limit
+    /// was hit).
+    fn oom_killed(&self) -> bool {
+        false
+    }
     /// Stop the VM and its daemons.
     fn shutdown(&mut self);
 }
@@ -251,7 +256,16 @@ impl Pod {
         };
         let sized = config.sandbox.sized_for(&bundle.spec);
         tracing::info!(vcpus = sized.vcpus, memory_mib = sized.memory_mib, "sandbox size");
-        let Booted { sandbox, agent, notices } = Sandbox::boot(&config.dir, &assets, &sized, layout.as_ref(), nics)?;
+        // The host cgroup the whole VM is billed to and held in.
+        let linux = bundle.spec.linux().as_ref();
+        let cgroup_path = crate::cgroup::relative_path(
+            linux.and_then(|l| l.cgroups_path().as_deref()).and_then(Path::to_str),
+            config.first_id,
+        )?;
+        let limits = crate::cgroup::Limits::for_sandbox(linux.and_then(|l| l.resources().as_ref()), sized.memory_mib);
+        let cgroup = crate::cgroup::HostCgroup::create(&cgroup_path, &limits)?;
+        let Booted { sandbox, agent, notices } =
+            Sandbox::boot(&config.dir, &assets, &sized, layout.as_ref(), nics, cgroup)?;
         if let Some(net) = &network {
             agent
                 .configure_network(&net.interfaces, &net.routes)
@@ -906,8 +920,40 @@ impl Pod {
     }
 
     fn vm_process_ended(&self, name: &'static str) {
-        let how = lock(&self.vm).as_mut().and_then(|vm| vm.how_it_ended()).unwrap_or_else(|| format!("{name} exited"));
+        let (how, oom) = {
+            let mut vm = lock(&self.vm);
+            match vm.as_mut() {
+                Some(vm) => (vm.how_it_ended(), vm.oom_killed()),
+                None => (None, false),
+            }
+        };
+        let how = how.unwrap_or_else(|| format!("{name} exited"));
+        if oom {
+            self.host_oom(&how);
+        }
         self.sandbox_failed(format!("sandbox process failed: {how}"));
+    }
+
+    /// The VM went over its host cgroup's memory limit and the host's OOM killer took a
+    /// process of it: for its containers that is an OOM kill (137, OOMKilled), not a failure.
+    fn host_oom(&self, how: &str) {
+        let mut table = lock(&self.table);
+        if table.ended.is_some() {
+            return;
+        }
+        tracing::error!("the VM exceeded its host memory limit ({how}): its containers were OOM-killed");
+        let Table { containers, .. } = &mut *table;
+        for (id, container) in containers.iter_mut() {
+            if container.init.state != ProcessState::Stopped {
+                (self.events)(PodEvent::Oom { container_id: id.clone() });
+            }
+            for (exec_id, process) in container.execs.iter_mut() {
+                self.record_exit(id, Some(exec_id), process, KILLED);
+            }
+            self.record_exit(id, None, &mut container.init, KILLED);
+        }
+        drop(table);
+        self.changed.notify_all();
     }
 }
 

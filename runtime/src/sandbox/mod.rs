@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, AgentError, AgentNotice};
 use crate::assets::Assets;
+use crate::cgroup::{CgroupError, HostCgroup};
 use crate::hypervisor::{self, BackendKind, HypervisorError, Nic, VmConfig};
 use crate::jail::{JailError, JailId, JailSpec, UidRange};
 use crate::process::{ChildProc, ProcessError};
@@ -40,6 +41,8 @@ pub enum SandboxError {
     Share(#[from] ShareError),
     #[error(transparent)]
     Jail(#[from] JailError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     /// The VM started but the agent never answered.
@@ -91,6 +94,16 @@ pub struct Sandbox {
     vsock_socket: PathBuf,
     /// The unprivileged uid its jailed processes run as, held for the sandbox's life.
     _jail: JailId,
+    /// The host cgroup all of them run in; removed once they are gone.
+    cgroup: HostCgroup,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // The processes first (their own drops stop them), then their cgroup.
+        self.procs.clear();
+        self.cgroup.remove();
+    }
 }
 
 /// Open files a jailed VMM or backend may hold.
@@ -115,6 +128,7 @@ impl Sandbox {
         config: &SandboxConfig,
         layout: Option<&Layout>,
         nics: Vec<Nic>,
+        cgroup: HostCgroup,
     ) -> Result<Booted> {
         let hypervisor = hypervisor::select(config.backend, assets)?;
 
@@ -140,14 +154,14 @@ impl Sandbox {
             new_network: true,
             nofile: JAIL_NOFILE,
             fsize: JAIL_FSIZE,
-            cgroups: Vec::new(),
+            cgroups: cgroup.procs_files(),
         };
         if !hypervisor.serves_vsock() {
             let mut vsock = vsock_backend::spawn(&assets.vsock_backend, dir, GUEST_CID, &jail)?;
             crate::process::wait_for_path(&dir.vhost_vsock_socket(), &mut vsock, Duration::from_secs(10))?;
             procs.push(vsock);
         }
-        let mut fs_daemon = virtiofsd::spawn(&assets.virtiofsd, dir, layout)?;
+        let mut fs_daemon = virtiofsd::spawn(&assets.virtiofsd, dir, layout, &cgroup.procs_files())?;
         let fs_socket = dir.virtiofsd_socket();
         crate::process::wait_for_path(&fs_socket, &mut fs_daemon, Duration::from_secs(10))?;
         procs.push(fs_daemon);
@@ -207,7 +221,7 @@ impl Sandbox {
             }))
         })?;
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "agent ready");
-        Ok(Booted { sandbox: Sandbox { procs, vsock_socket, _jail: id }, agent, notices })
+        Ok(Booted { sandbox: Sandbox { procs, vsock_socket, _jail: id, cgroup }, agent, notices })
     }
 }
 
@@ -222,6 +236,10 @@ impl crate::pod::Vm for Sandbox {
 
     fn how_it_ended(&mut self) -> Option<String> {
         self.procs.iter_mut().find_map(|p| p.check_alive().err()).map(|e| e.to_string())
+    }
+
+    fn oom_killed(&self) -> bool {
+        self.cgroup.oom_kills() > 0
     }
 
     /// Stop the VM and its daemons, all at once. Nothing persists in the guest (virtio-fs

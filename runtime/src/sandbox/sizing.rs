@@ -1,6 +1,7 @@
 //! How big a VM a container gets. A container's `linux.resources` limits are enforced by its
-//! cgroup inside the guest; the VM must be at least that big for the limits to mean anything,
-//! with room left for the guest kernel and the agent.
+//! cgroup inside the guest; the VM is as big as the memory limit plus room for the guest
+//! kernel and the agent (no bigger: the host cgroup holds the VM to that plus the VMM's own
+//! overhead, see `crate::cgroup`).
 
 use oci_spec::runtime::Spec;
 
@@ -12,15 +13,15 @@ const GUEST_OVERHEAD_MIB: u64 = 128;
 const MAX_MEMORY_MIB: u64 = 64 * 1024;
 
 impl SandboxConfig {
-    /// This config, grown to fit the limits `spec` sets: memory to the limit plus guest
-    /// overhead, vCPUs to the CPU quota (rounded up) or the cpuset's size, never more than
-    /// the host has. Limits smaller than the defaults keep the defaults.
+    /// This config, fitted to the limits `spec` sets: memory to the limit plus guest overhead,
+    /// vCPUs grown to the CPU quota (rounded up) or the cpuset's size, never more than the host
+    /// has. Without a memory limit the default memory stays.
     pub fn sized_for(&self, spec: &Spec) -> SandboxConfig {
         let mut sized = self.clone();
         let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else { return sized };
         if let Some(limit) = resources.memory().as_ref().and_then(|m| m.limit()).filter(|l| *l > 0) {
             let mib = (limit as u64).div_ceil(1 << 20) + GUEST_OVERHEAD_MIB;
-            sized.memory_mib = sized.memory_mib.max(mib.min(MAX_MEMORY_MIB) as u32);
+            sized.memory_mib = mib.min(MAX_MEMORY_MIB) as u32;
         }
         let host_cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
         let cpu = resources.cpu().as_ref();
@@ -61,12 +62,13 @@ mod tests {
     }
 
     #[test]
-    fn limits_grow_the_vm_and_nothing_shrinks_it() {
+    fn limits_size_the_vm() {
         let base = SandboxConfig::default();
         let big = base.sized_for(&spec(serde_json::json!({"memory": {"limit": 1i64 << 30}})));
         assert_eq!(big.memory_mib, 1024 + 128);
         let small = base.sized_for(&spec(serde_json::json!({"memory": {"limit": 32i64 << 20}})));
-        assert_eq!(small.memory_mib, base.memory_mib);
+        assert_eq!(small.memory_mib, 32 + 128, "the host cgroup holds the VM to its size");
+        assert_eq!(base.sized_for(&spec(serde_json::json!({}))).memory_mib, base.memory_mib);
         let host = std::thread::available_parallelism().unwrap().get() as u32;
         let cpus = base.sized_for(&spec(serde_json::json!({"cpu": {"quota": 150000, "period": 100000}})));
         assert_eq!(cpus.vcpus, 2.min(host));

@@ -100,7 +100,12 @@ impl Skeleton {
 
 /// Start virtiofsd on the sandbox's share: built from `layout` in a namespace of its own, or,
 /// with `None`, the share the caller keeps in its own namespace.
-pub fn spawn(binary: &Path, dir: &StateDir, layout: Option<&Layout>) -> Result<ChildProc> {
+pub fn spawn(
+    binary: &Path,
+    dir: &StateDir,
+    layout: Option<&Layout>,
+    cgroups: &[std::path::PathBuf],
+) -> Result<ChildProc> {
     let share = dir.share_dir();
     std::fs::create_dir_all(&share).map_err(|source| SandboxError::Io { path: share.clone(), source })?;
     let log_path = dir.dir.join("virtiofsd.log");
@@ -116,6 +121,8 @@ pub fn spawn(binary: &Path, dir: &StateDir, layout: Option<&Layout>) -> Result<C
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
+    // Into the sandbox's host cgroup before anything else.
+    crate::cgroup::join_on_exec(&mut cmd, cgroups)?;
     // SAFETY: between fork and exec the closure makes only async-signal-safe system calls on
     // data prepared before the fork and moved into it.
     unsafe {

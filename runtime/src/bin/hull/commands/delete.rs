@@ -19,12 +19,16 @@ pub fn run(cli: &Cli, id: &str, force: bool) -> Result<i32> {
         _ if force => destroy(&dir, &state)?,
         status => bail!("cannot delete container {id} that is {}; stop it first or use --force", status.as_str()),
     }
-    // A supervisor that died without recording the exit could not undo its network set-up.
+    // A supervisor that died without recording the exit could not undo its network set-up,
+    // nor remove its host cgroup (its VM died with it).
     if state.status != Status::Stopped {
         if let Some(record) = &state.network {
             if let Err(e) = hull::network::clean_up(record) {
                 tracing::warn!("cleaning up the network of {id}: {e}");
             }
+        }
+        if let Some(cgroup) = &state.cgroup {
+            hull::cgroup::remove_path(cgroup);
         }
     }
     run_poststop(&state);

@@ -100,6 +100,12 @@ impl Supervisor {
             created: now_rfc3339(),
             exit_status: None,
             network: None,
+            // Recorded before it exists, so `delete` can remove it whatever happens next.
+            cgroup: hull::cgroup::relative_path(
+                bundle.spec.linux().as_ref().and_then(|l| l.cgroups_path().as_deref()).and_then(|p| p.to_str()),
+                &id,
+            )
+            .ok(),
         };
         dir.write(&state)?;
         let state = Mutex::new(state);
