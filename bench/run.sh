@@ -50,6 +50,24 @@ time_runs() {  # command... → median ms over RUNS
 echo "bench: hull run true ($RUNS runs)" >&2
 hull_ms=$(time_runs "$HULL" --root "$root" run --bundle "$bundle" bench)
 
+# The jail's cost, in the same run: start → agent ready (the supervisor's own measure) and
+# `hull run true`, jailed (the default) and with HULL_JAIL=off, interleaved so load drifts hit
+# both alike.
+echo "bench: the jail on vs off: agent ready and hull run true ($RUNS runs each, interleaved)" >&2
+ready_ms() {  # env... → ms from VM start to agent ready, from the log
+  env "$@" HULL_LOG=info "$HULL" --root "$root" run --bundle "$bundle" bench 2>&1 >/dev/null \
+    | sed -n 's/.*agent ready elapsed_ms=\([0-9]*\).*/\1/p' | head -1
+}
+on_ready=(); off_ready=(); on_run=(); off_run=()
+for _ in $(seq "$RUNS"); do
+  on_ready+=($(ready_ms HULL_JAIL=on)); off_ready+=($(ready_ms HULL_JAIL=off))
+  t0=$(now_ms); "$HULL" --root "$root" run --bundle "$bundle" bench >/dev/null 2>&1; on_run+=($(( $(now_ms) - t0 )))
+  t0=$(now_ms); HULL_JAIL=off "$HULL" --root "$root" run --bundle "$bundle" bench >/dev/null 2>&1; off_run+=($(( $(now_ms) - t0 )))
+done
+jail_ready_on=$(median "${on_ready[@]}"); jail_ready_off=$(median "${off_ready[@]}")
+jail_run_on=$(median "${on_run[@]}"); jail_run_off=$(median "${off_run[@]}")
+pct() { python3 -c 'import sys; a,b=map(float,sys.argv[1:]); print(f"{(a-b)/b*100:+.1f}%")' "$1" "$2"; }
+
 echo "bench: bare QEMU/TCG boot to /init and reboot (QEMU exits) ($RUNS runs)" >&2
 floor=$work/floor
 mkdir -p "$floor/bin" "$floor/dev"
@@ -150,6 +168,8 @@ cat <<TABLE
 | measurement (median of $RUNS, $(nproc) cores, $(date -u +%Y-%m-%d)) | value |
 |---|---|
 | \`hull run\` of \`true\` (QEMU/TCG backend), wall | ${hull_ms} ms |
+| VM start → agent ready, jail on / off (QEMU and vsock backend jailed, or \`HULL_JAIL=off\`) | ${jail_ready_on} / ${jail_ready_off} ms ($(pct "$jail_ready_on" "$jail_ready_off")) |
+| \`hull run\` of \`true\`, jail on / off | ${jail_run_on} / ${jail_run_off} ms ($(pct "$jail_run_on" "$jail_run_off")) |
 | bare QEMU/TCG boot of the same kernel to \`/init\` + reboot (floor) | ${qemu_ms} ms |
 | \`runc run\` of the same bundle | ${runc_ms} ms |
 | host memory (PSS) of one idle sandbox: supervisor, QEMU, virtiofsd, vsock backend ($nprocs processes) | $((pss_kib / 1024)) MiB |

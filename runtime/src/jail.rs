@@ -48,6 +48,8 @@ pub enum JailError {
     Nul(PathBuf),
     #[error("building the seccomp filter: {0}")]
     Seccomp(String),
+    #[error("{0}")]
+    Cgroup(String),
 }
 
 type Result<T> = std::result::Result<T, JailError>;
@@ -139,6 +141,19 @@ pub struct JailSpec {
     pub fsize: u64,
     /// `cgroup.procs` files to join first.
     pub cgroups: Vec<PathBuf>,
+    /// False only where `HULL_JAIL=off` asked for the jail's cost to be measured (`make bench`):
+    /// the process then only joins its cgroups.
+    pub enabled: bool,
+}
+
+/// Whether sandbox processes are jailed: always, unless `HULL_JAIL=off` (benchmarks), which
+/// is said on stderr every time.
+pub fn enabled() -> bool {
+    if std::env::var("HULL_JAIL").as_deref() == Ok("off") {
+        eprintln!("hull: WARNING: HULL_JAIL=off: this sandbox's VMM and vsock backend run as root, unjailed (for measuring the jail's cost only)");
+        return false;
+    }
+    true
 }
 
 /// Everything the child needs, made before the fork (the child may not allocate).
@@ -241,6 +256,9 @@ impl JailSpec {
     /// Make `cmd` start jailed. Register this before [`crate::process::inherit_fds`]: it marks
     /// every inherited fd close-on-exec, and the fds placed afterwards are the ones kept.
     pub fn apply(&self, cmd: &mut Command) -> Result<()> {
+        if !self.enabled {
+            return crate::cgroup::join_on_exec(cmd, &self.cgroups).map_err(|e| JailError::Cgroup(e.to_string()));
+        }
         std::fs::create_dir_all(&self.root).map_err(io("creating", &self.root))?;
         let p = self.prepare()?;
         // SAFETY: between fork and exec the closure makes only raw system calls (no

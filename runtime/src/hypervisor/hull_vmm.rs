@@ -37,7 +37,10 @@ impl HullVmm {
             .arg("--jail")
             .arg(&vm.jail_dir)
             // It jails itself (mount namespace, capabilities, seccomp); the uid is the sandbox's.
-            .args(["--uid", &vm.jail.uid.to_string(), "--gid", &vm.jail.gid.to_string()])
+            .args(match vm.jail.enabled {
+                true => vec!["--uid".to_string(), vm.jail.uid.to_string(), "--gid".into(), vm.jail.gid.to_string()],
+                false => Vec::new(),
+            })
             .env("HULL_VMM_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

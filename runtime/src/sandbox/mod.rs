@@ -155,6 +155,7 @@ impl Sandbox {
             nofile: JAIL_NOFILE,
             fsize: JAIL_FSIZE,
             cgroups: cgroup.procs_files(),
+            enabled: crate::jail::enabled(),
         };
         if !hypervisor.serves_vsock() {
             let mut vsock = vsock_backend::spawn(&assets.vsock_backend, dir, GUEST_CID, &jail)?;
