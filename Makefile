@@ -6,9 +6,9 @@ BUILD      := build
 ASSETS     := $(BUILD)/assets
 TARGET     := x86_64-unknown-linux-gnu
 AGENT      := target/$(TARGET)/release/hull-agent
-# The test-only hostile agent builds in a target dir of its own, so the two never overwrite
-# each other's binary.
-HOSTILE    := target/hostile/$(TARGET)/release/hull-agent
+# The test-only hostile agent: built in the same target dir (its dependencies are the same
+# artifacts; only the agent crate differs) and copied aside before it is packed.
+HOSTILE    := target/hull-agent-hostile
 export CARGO_TERM_PROGRESS_WHEN = never
 
 .PHONY: help setup kernel agent initramfs initramfs-hostile tools binaries assets install check test fuzz demo bench clean
@@ -43,7 +43,8 @@ initramfs-hostile: setup
 	@echo "build: hull-agent with the test-only hostile behaviours"
 	@LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
 	 RUSTFLAGS="-C target-feature=+crt-static" \
-	 cargo build --release --locked --target $(TARGET) --target-dir target/hostile -p hull-agent --features hostile
+	 cargo build --release --locked --target $(TARGET) -p hull-agent --features hostile
+	@cp $(AGENT) $(HOSTILE)
 	@mkdir -p $(ASSETS)
 	@scripts/mkinitramfs.sh $(HOSTILE) $(ASSETS)/initramfs-hostile.cpio
 
@@ -73,7 +74,7 @@ check:
 	@cargo clippy --locked --workspace --all-targets -- -D warnings
 	@cargo clippy --locked -p hull-agent --features hostile -- -D warnings
 	@echo "check: unit tests"
-	@cargo test --locked --workspace --lib --bins
+	@cargo test --release --locked --workspace --lib --bins
 
 # The suite runs against this checkout's build (HULL_ASSET_DIR), not what is installed. With
 # hardware KVM the backend `auto` is hull-vmm, so the whole suite runs on it, and the foundation
