@@ -46,8 +46,6 @@ pub enum JailError {
     NoFreeUid { first: u32, count: u32 },
     #[error("path {0:?} contains a NUL byte")]
     Nul(PathBuf),
-    #[error("building the seccomp filter: {0}")]
-    Seccomp(String),
     #[error("{0}")]
     Cgroup(String),
 }
@@ -361,16 +359,20 @@ unsafe fn enter(p: &Prepared) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The seccomp filters every jailed process gets: what is listed fails with EPERM (clone3 with
-/// ENOSYS, so that libc falls back to clone, whose flags can be checked); everything else is
-/// left to the process's own filter, if it has one (QEMU's `-sandbox`, virtiofsd's).
-fn deny_filters() -> Result<Vec<Vec<libc::sock_filter>>> {
-    use seccompiler::{
-        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-        TargetArch,
-    };
-    use std::collections::BTreeMap;
-    let denied = [
+/// What the filter does with one system call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Fail with this errno.
+    Errno(u32),
+    /// `clone` with CLONE_NEWUSER in its flags fails with EPERM; other clones pass.
+    CloneWithoutNewUser,
+}
+
+/// The system calls no VMM or device backend needs, and what happens to them: EPERM, or ENOSYS
+/// for clone3 (so that libc falls back to clone, whose flags the filter can read).
+fn denied() -> Vec<(u32, Verdict)> {
+    let eperm = Verdict::Errno(libc::EPERM as u32);
+    let mut list: Vec<(u32, Verdict)> = [
         libc::SYS_mount,
         libc::SYS_umount2,
         libc::SYS_pivot_root,
@@ -413,28 +415,98 @@ fn deny_filters() -> Result<Vec<Vec<libc::sock_filter>>> {
         libc::SYS_io_uring_register,
         libc::SYS_mknod,
         libc::SYS_mknodat,
+    ]
+    .iter()
+    .map(|n| (*n as u32, eperm))
+    .collect();
+    list.push((libc::SYS_clone3 as u32, Verdict::Errno(libc::ENOSYS as u32)));
+    list.push((libc::SYS_clone as u32, Verdict::CloneWithoutNewUser));
+    list.sort_by_key(|(n, _)| *n);
+    list
+}
+
+/// The one seccomp filter every jailed process gets: the [`denied`] calls refused, everything
+/// else left to the process's own filter, if it has one (QEMU's `-sandbox`, virtiofsd's). The
+/// call number is found by binary search, so an allowed call costs about seven comparisons.
+/// Other architectures' calls (x32, i386 through int 0x80) are refused outright.
+fn deny_filters() -> Result<Vec<Vec<libc::sock_filter>>> {
+    Ok(vec![compile(&denied())])
+}
+
+fn stmt(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt: 0, jf: 0, k }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+/// Offsets in `struct seccomp_data`.
+const NR: u32 = 0;
+const ARCH: u32 = 4;
+const ARG0_LOW: u32 = 16;
+const X32_BIT: u32 = 0x4000_0000;
+/// EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE.
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
+fn compile(denied: &[(u32, Verdict)]) -> Vec<libc::sock_filter> {
+    let allow = stmt(RET_K, libc::SECCOMP_RET_ALLOW);
+    let errno = |e: u32| stmt(RET_K, libc::SECCOMP_RET_ERRNO | (e & libc::SECCOMP_RET_DATA));
+    let mut prog = vec![
+        stmt(LD_W_ABS, ARCH),
+        jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+        errno(libc::EPERM as u32),
+        stmt(LD_W_ABS, NR),
+        jump(JGE_K, X32_BIT, 0, 1),
+        errno(libc::EPERM as u32),
     ];
-    let seccomp = |e: seccompiler::BackendError| JailError::Seccomp(e.to_string());
-    let build = |rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32| -> Result<Vec<libc::sock_filter>> {
-        let filter =
-            SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno as u32), TargetArch::x86_64)
-                .map_err(|e| JailError::Seccomp(e.to_string()))?;
-        let program: BpfProgram =
-            filter.try_into().map_err(|e: seccompiler::BackendError| JailError::Seccomp(e.to_string()))?;
-        Ok(program.into_iter().map(|f| libc::sock_filter { code: f.code, jt: f.jt, jf: f.jf, k: f.k }).collect())
-    };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = denied.iter().map(|s| (*s, Vec::new())).collect();
-    // clone with a new user namespace: the one namespace an unprivileged process may make.
-    let newuser = SeccompCondition::new(
-        0,
-        SeccompCmpArgLen::Qword,
-        SeccompCmpOp::MaskedEq(libc::CLONE_NEWUSER as u64),
-        libc::CLONE_NEWUSER as u64,
-    )
-    .map_err(seccomp)?;
-    rules.insert(libc::SYS_clone, vec![SeccompRule::new(vec![newuser]).map_err(seccomp)?]);
-    let clone3 = [(libc::SYS_clone3, Vec::new())].into_iter().collect();
-    Ok(vec![build(rules, libc::EPERM)?, build(clone3, libc::ENOSYS)?])
+    prog.extend(search(denied, allow, &errno));
+    prog
+}
+
+/// A binary search over `denied` (sorted), the call number in the accumulator; every path ends
+/// in a return. Jumps are forward and short: each subtree is small.
+fn search(
+    denied: &[(u32, Verdict)],
+    allow: libc::sock_filter,
+    errno: &dyn Fn(u32) -> libc::sock_filter,
+) -> Vec<libc::sock_filter> {
+    match denied {
+        [] => vec![allow],
+        [(nr, verdict)] => {
+            let mut leaf = vec![jump(JEQ_K, *nr, 0, 0)];
+            let hit = match verdict {
+                Verdict::Errno(e) => vec![errno(*e)],
+                Verdict::CloneWithoutNewUser => vec![
+                    stmt(LD_W_ABS, ARG0_LOW),
+                    jump(JSET_K, libc::CLONE_NEWUSER as u32, 0, 1),
+                    errno(libc::EPERM as u32),
+                    allow,
+                ],
+            };
+            // Not this one: jump over the hit to the allow at the end.
+            leaf[0].jf = hit.len() as u8;
+            leaf.extend(hit);
+            leaf.push(allow);
+            leaf
+        }
+        _ => {
+            let mid = denied.len() / 2;
+            let low = search(&denied[..mid], allow, errno);
+            let high = search(&denied[mid..], allow, errno);
+            // nr >= denied[mid]: the high half, after the low one.
+            let mut node = vec![jump(JGE_K, denied[mid].0, low.len() as u8, 0)];
+            assert!(low.len() < 256, "subtree too long for a BPF jump");
+            node.extend(low);
+            node.extend(high);
+            node
+        }
+    }
 }
 
 #[cfg(test)]
@@ -442,10 +514,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_filters_build() {
-        let filters = deny_filters().unwrap();
-        assert_eq!(filters.len(), 2);
-        assert!(filters.iter().all(|f| !f.is_empty() && f.len() < 512));
+    fn the_filter_is_short_and_branches_stay_in_range() {
+        let prog = compile(&denied());
+        assert!(prog.len() < 200, "{} instructions", prog.len());
+    }
+
+    /// The filter, installed in a child for real: refused calls fail with their errno, clone
+    /// with CLONE_NEWUSER fails and a plain fork works, and everything else goes on.
+    #[test]
+    fn the_filter_refuses_what_it_lists_and_nothing_else() {
+        let filter = compile(&denied());
+        // SAFETY: fork in a test; the child only makes raw system calls and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: the child installs the filter and probes system calls, then _exits.
+            unsafe {
+                let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut _ };
+                let ok = libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+                    && libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog) == 0;
+                let errno = || *libc::__errno_location();
+                let refused = |r: libc::c_long, e: i32| r < 0 && errno() == e;
+                let checks = [
+                    ok,
+                    refused(libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS), libc::EPERM),
+                    refused(libc::syscall(libc::SYS_mount, 0, 0, 0, 0, 0), libc::EPERM),
+                    refused(libc::syscall(libc::SYS_bpf, 0, 0, 0), libc::EPERM),
+                    refused(libc::syscall(libc::SYS_ptrace, 0, 0, 0, 0), libc::EPERM),
+                    refused(libc::syscall(libc::SYS_clone3, 0, 0), libc::ENOSYS),
+                    refused(
+                        libc::syscall(libc::SYS_clone, libc::CLONE_NEWUSER | libc::SIGCHLD, 0, 0, 0, 0),
+                        libc::EPERM,
+                    ),
+                    libc::getpid() > 0,
+                    libc::syscall(libc::SYS_getppid) > 0,
+                ];
+                let fork = libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0);
+                if fork == 0 {
+                    libc::_exit(0);
+                }
+                let mut status = 0;
+                let forked = fork > 0 && libc::waitpid(fork as i32, &mut status, 0) == fork as i32 && status == 0;
+                let failed = checks.iter().chain([&forked]).position(|c| !c).map(|i| i + 1).unwrap_or(0);
+                libc::_exit(failed as i32);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waitpid on the child forked above.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status), "the child died: status {status}");
+        assert_eq!(libc::WEXITSTATUS(status), 0, "check #{} failed (1-based)", libc::WEXITSTATUS(status));
     }
 
     #[test]
