@@ -277,7 +277,35 @@ fn the_shim_decides_too() {
     let ooms = text(&output.stdout).lines().filter(|l| l.contains("/tasks/oom")).count();
     assert!(ooms <= 1, "{ooms} OOM events reached containerd for one process");
     c.assert_clean();
-    eprintln!("shim: RSS {rss} KiB after the flood, kill + delete in {took:?}, {ooms} OOM events");
+    // A guest that stops reading its control connection once started: Kill answers at once
+    // (the host decides), Delete goes through once the grace is over.
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--env",
+        "HULL_TEST_HOSTILE=stop-reading",
+        IMAGE,
+        "t2",
+        "sleep",
+        "600",
+    ]);
+    assert!(out.status.success(), "ctr run t2: {}{}\n{}", text(&out.stdout), text(&out.stderr), c.shim_log());
+    let started = Instant::now();
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "t2"]);
+    loop {
+        let out = c.ctr(&["task", "delete", "t2"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "t2: task delete still refused: {}", text(&out.stderr));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deaf = started.elapsed();
+    c.ctr_ok(&["container", "delete", "t2"]);
+    c.assert_clean();
+    eprintln!("shim: RSS {rss} KiB after the flood, kill + delete in {took:?} (SIGKILL ignored) and {deaf:?} (guest deaf), {ooms} OOM events");
 }
 
 /// A guest that writes its console without end: console.log stops at its cap and the VM goes
