@@ -53,13 +53,15 @@ hull_ms=$(time_runs "$HULL" --root "$root" run --bundle "$bundle" bench)
 # The jail's cost, in the same run: start → agent ready (the supervisor's own measure) and
 # `hull run true`, jailed (the default) and with HULL_JAIL=off, interleaved so load drifts hit
 # both alike.
-echo "bench: the jail on vs off: agent ready and hull run true ($RUNS runs each, interleaved)" >&2
+# TCG boots jitter by several percent from run to run: twice the runs here.
+JAIL_RUNS=$((RUNS * 2))
+echo "bench: the jail on vs off: agent ready and hull run true ($JAIL_RUNS runs each, interleaved)" >&2
 ready_ms() {  # env... → ms from VM start to agent ready, from the log
   env "$@" HULL_LOG=info "$HULL" --root "$root" run --bundle "$bundle" bench 2>&1 >/dev/null \
     | sed -n 's/.*agent ready elapsed_ms=\([0-9]*\).*/\1/p' | head -1
 }
 on_ready=(); off_ready=(); on_run=(); off_run=()
-for _ in $(seq "$RUNS"); do
+for _ in $(seq "$JAIL_RUNS"); do
   on_ready+=($(ready_ms HULL_JAIL=on)); off_ready+=($(ready_ms HULL_JAIL=off))
   t0=$(now_ms); "$HULL" --root "$root" run --bundle "$bundle" bench >/dev/null 2>&1; on_run+=($(( $(now_ms) - t0 )))
   t0=$(now_ms); HULL_JAIL=off "$HULL" --root "$root" run --bundle "$bundle" bench >/dev/null 2>&1; off_run+=($(( $(now_ms) - t0 )))
@@ -168,8 +170,8 @@ cat <<TABLE
 | measurement (median of $RUNS, $(nproc) cores, $(date -u +%Y-%m-%d)) | value |
 |---|---|
 | \`hull run\` of \`true\` (QEMU/TCG backend), wall | ${hull_ms} ms |
-| VM start → agent ready, jail on / off (QEMU and vsock backend jailed, or \`HULL_JAIL=off\`) | ${jail_ready_on} / ${jail_ready_off} ms ($(pct "$jail_ready_on" "$jail_ready_off")) |
-| \`hull run\` of \`true\`, jail on / off | ${jail_run_on} / ${jail_run_off} ms ($(pct "$jail_run_on" "$jail_run_off")) |
+| VM start → agent ready, jail on / off (QEMU and vsock backend jailed, or \`HULL_JAIL=off\`; median of $JAIL_RUNS) | ${jail_ready_on} / ${jail_ready_off} ms ($(pct "$jail_ready_on" "$jail_ready_off")) |
+| \`hull run\` of \`true\`, jail on / off (median of $JAIL_RUNS) | ${jail_run_on} / ${jail_run_off} ms ($(pct "$jail_run_on" "$jail_run_off")) |
 | bare QEMU/TCG boot of the same kernel to \`/init\` + reboot (floor) | ${qemu_ms} ms |
 | \`runc run\` of the same bundle | ${runc_ms} ms |
 | host memory (PSS) of one idle sandbox: supervisor, QEMU, virtiofsd, vsock backend ($nprocs processes) | $((pss_kib / 1024)) MiB |
