@@ -28,8 +28,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Where the uid locks live.
-const UID_LOCKS: &str = "/run/hull/jail-uids";
+/// Where the uid locks live while their sandboxes run.
+const UID_LOCKS: &str = "/run/lock/hull-jail-uids";
 /// First uid and count of the default range: far above any distribution's users and podman's
 /// subordinate ranges (`HULL_JAIL_UIDS=FIRST:COUNT` to change it).
 const DEFAULT_UIDS: (u32, u32) = (0x6c00_0000, 65_536);
@@ -61,13 +61,23 @@ fn cstring(p: &Path) -> Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| JailError::Nul(p.to_path_buf()))
 }
 
-/// An unprivileged uid (and the gid of the same number) held for one sandbox; released when
-/// dropped, or when its holder dies (the lock is an `flock`).
+/// An unprivileged uid (and the gid of the same number) held for one sandbox: an `flock` on
+/// a lock file named for it, which goes when the sandbox does, or when its holder dies.
 #[derive(Debug)]
 pub struct JailId {
     pub uid: u32,
     pub gid: u32,
-    _lock: File,
+    lock: File,
+    path: PathBuf,
+}
+
+impl Drop for JailId {
+    fn drop(&mut self) {
+        // Unlinked while still held: whoever opened it meanwhile sees, once it has the lock,
+        // that the file is no longer the one at the path, and tries again.
+        let _ = std::fs::remove_file(&self.path);
+        let _ = &self.lock;
+    }
 }
 
 pub struct UidRange {
@@ -108,8 +118,18 @@ impl UidRange {
                 .open(&path)
                 .map_err(io("opening", &path))?;
             // SAFETY: flock on an fd we own; LOCK_NB returns at once.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(JailId { uid, gid: uid, _lock: file });
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                continue;
+            }
+            // The lock is ours only if the file is still the one at the path (its last holder
+            // unlinks it on release).
+            use std::os::unix::fs::MetadataExt;
+            let held = file.metadata().map_err(io("checking", &path))?;
+            match std::fs::metadata(&path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                    return Ok(JailId { uid, gid: uid, lock: file, path });
+                }
+                _ => continue,
             }
         }
         Err(JailError::NoFreeUid { first: self.first, count: self.count })
@@ -563,6 +583,19 @@ mod tests {
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert!(libc::WIFEXITED(status), "the child died: status {status}");
         assert_eq!(libc::WEXITSTATUS(status), 0, "check #{} failed (1-based)", libc::WEXITSTATUS(status));
+    }
+
+    #[test]
+    fn a_uid_is_held_once_and_released_without_a_trace() {
+        let range = UidRange { first: 0x6bff_0000, count: 2 };
+        let a = range.allocate("x").unwrap();
+        let b = range.allocate("x").unwrap();
+        assert_ne!(a.uid, b.uid);
+        assert!(matches!(range.allocate("x"), Err(JailError::NoFreeUid { .. })));
+        let (uid, path) = (a.uid, a.path.clone());
+        drop(a);
+        assert!(!path.exists(), "the lock file outlived its sandbox");
+        assert_eq!(range.allocate("x").unwrap().uid, uid);
     }
 
     #[test]
