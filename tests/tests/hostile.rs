@@ -260,18 +260,7 @@ fn the_shim_decides_too() {
         .expect("the shim's pid file");
     let rss = rss_kib(shim);
     assert!(rss > 0 && rss < RSS_BOUND_KIB, "shim RSS {rss} KiB after the flood (bound {RSS_BOUND_KIB} KiB)");
-    let started = Instant::now();
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "t1"]);
-    loop {
-        let out = c.ctr(&["task", "delete", "t1"]);
-        if out.status.success() {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(15), "task delete still refused: {}", text(&out.stderr));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let took = started.elapsed();
-    c.ctr_ok(&["container", "delete", "t1"]);
+    let took = kill_and_delete(&c, "t1");
     let _ = events.kill();
     let output = events.wait_with_output().unwrap();
     let ooms = text(&output.stdout).lines().filter(|l| l.contains("/tasks/oom")).count();
@@ -292,20 +281,27 @@ fn the_shim_decides_too() {
         "600",
     ]);
     assert!(out.status.success(), "ctr run t2: {}{}\n{}", text(&out.stdout), text(&out.stderr), c.shim_log());
+    let deaf = kill_and_delete(&c, "t2");
+    c.assert_clean();
+    eprintln!("shim: RSS {rss} KiB after the flood, kill + delete in {took:?} (SIGKILL ignored) and {deaf:?} (guest deaf), {ooms} OOM events");
+}
+
+/// SIGKILL task `id`, then delete it (retrying while containerd still sees it running);
+/// both within 15 s. Returns how long it took.
+fn kill_and_delete(c: &Containerd, id: &str) -> Duration {
     let started = Instant::now();
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "t2"]);
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
     loop {
-        let out = c.ctr(&["task", "delete", "t2"]);
+        let out = c.ctr(&["task", "delete", id]);
         if out.status.success() {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "t2: task delete still refused: {}", text(&out.stderr));
+        assert!(started.elapsed() < Duration::from_secs(15), "{id}: task delete still refused: {}", text(&out.stderr));
         std::thread::sleep(Duration::from_millis(200));
     }
-    let deaf = started.elapsed();
-    c.ctr_ok(&["container", "delete", "t2"]);
-    c.assert_clean();
-    eprintln!("shim: RSS {rss} KiB after the flood, kill + delete in {took:?} (SIGKILL ignored) and {deaf:?} (guest deaf), {ooms} OOM events");
+    let took = started.elapsed();
+    c.ctr_ok(&["container", "delete", id]);
+    took
 }
 
 /// A guest that writes its console without end: console.log stops at its cap and the VM goes

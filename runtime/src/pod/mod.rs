@@ -104,6 +104,19 @@ pub struct PodConfig<'a> {
     pub on_network: &'a mut dyn FnMut(&network::Record) -> Result<()>,
 }
 
+/// What a pod is made of once its VM runs.
+pub struct Parts {
+    pub dir: StateDir,
+    pub share: ShareMode,
+    pub vm: Box<dyn Vm>,
+    pub agent: Agent,
+    pub notices: Receiver<AgentNotice>,
+    pub network: Option<Attachment>,
+    pub events: EventSink,
+    /// How long the guest has to report an exit after SIGKILL ([`KILL_GRACE`]).
+    pub kill_grace: Duration,
+}
+
 /// A process's state as a front end reports it.
 #[derive(Debug, Clone)]
 pub struct ProcessStatus {
@@ -271,35 +284,22 @@ impl Pod {
                 .configure_network(&net.interfaces, &net.routes)
                 .map_err(error::agent("configuring the guest network"))?;
         }
-        Self::assemble(config.dir, config.share, Box::new(sandbox), agent, notices, network, events)
+        Self::assemble(Parts {
+            dir: config.dir,
+            share: config.share,
+            vm: Box::new(sandbox),
+            agent,
+            notices,
+            network,
+            events,
+            kill_grace: KILL_GRACE,
+        })
     }
 
-    /// A pod over a running VM and its agent: starts following the VM's processes and the
-    /// agent's notices. (Tests assemble pods over a fake agent.)
-    pub fn assemble(
-        dir: StateDir,
-        share: ShareMode,
-        vm: Box<dyn Vm>,
-        agent: Agent,
-        notices: Receiver<AgentNotice>,
-        network: Option<Attachment>,
-        events: EventSink,
-    ) -> Result<Arc<Pod>> {
-        Self::assemble_with_grace(dir, share, vm, agent, notices, network, events, KILL_GRACE)
-    }
-
-    /// [`Pod::assemble`] with another [`KILL_GRACE`] (tests).
-    #[allow(clippy::too_many_arguments)]
-    pub fn assemble_with_grace(
-        dir: StateDir,
-        share: ShareMode,
-        vm: Box<dyn Vm>,
-        agent: Agent,
-        notices: Receiver<AgentNotice>,
-        network: Option<Attachment>,
-        events: EventSink,
-        kill_grace: Duration,
-    ) -> Result<Arc<Pod>> {
+    /// A pod over a running VM and its agent (see [`Parts`]): starts following the VM's
+    /// processes and the agent's notices. (Tests assemble pods over a fake agent.)
+    pub fn assemble(parts: Parts) -> Result<Arc<Pod>> {
+        let Parts { dir, share, vm, agent, notices, network, events, kill_grace } = parts;
         let pidfds = vm.pidfds()?;
         let pod = Arc::new_cyclic(|me| Pod {
             me: me.clone(),

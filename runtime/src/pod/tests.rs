@@ -159,8 +159,17 @@ fn rig_with(script: Arc<Script>, vmm: Option<std::process::Child>) -> Rig {
     let sink: EventSink = Arc::new(move |e| {
         let _ = tx.lock().unwrap().send(e);
     });
-    let pod =
-        Pod::assemble_with_grace(state, ShareMode::Private, Box::new(vm), agent, notices, None, sink, GRACE).unwrap();
+    let pod = Pod::assemble(Parts {
+        dir: state,
+        share: ShareMode::Private,
+        vm: Box::new(vm),
+        agent,
+        notices,
+        network: None,
+        events: sink,
+        kill_grace: GRACE,
+    })
+    .unwrap();
     Rig { pod, events, guest, vm_stopped, dir, bundle }
 }
 
@@ -181,6 +190,13 @@ impl Rig {
 
     fn create(&self, id: &str) {
         assert_eq!(self.pod.create_container(id, &self.bundle, None).unwrap(), 100);
+    }
+
+    /// Create and start `id`, taking its Started event.
+    fn running(&self, id: &str) {
+        self.create(id);
+        self.pod.start(id, None).unwrap();
+        assert_eq!(self.next(), started(id, None));
     }
 
     fn exited(&self, id: &str, exec_id: Option<&str>, status: i32) {
@@ -283,9 +299,7 @@ fn an_exit_right_behind_its_start_is_reported_after_it() {
 #[test]
 fn kill_before_and_after_the_exit() {
     let r = rig();
-    r.create("c1");
-    r.pod.start("c1", None).unwrap();
-    r.next();
+    r.running("c1");
     r.pod.signal("c1", None, libc::SIGKILL, false).unwrap();
     r.exited("c1", None, 137);
     assert_eq!(exit_status(r.next()), ("c1".into(), None, 137));
@@ -301,9 +315,7 @@ fn kill_before_and_after_the_exit() {
 #[test]
 fn exec_ids_can_be_reused_once_removed() {
     let r = rig();
-    r.create("c1");
-    r.pod.start("c1", None).unwrap();
-    r.next();
+    r.running("c1");
     for round in 0..3 {
         r.pod.add_exec("c1", "probe", serde_json::json!({"args": ["true"]}), false, None).unwrap();
         let dup = r.pod.add_exec("c1", "probe", serde_json::json!({}), false, None).unwrap_err();
@@ -370,9 +382,7 @@ fn the_agents_refusals_keep_their_kind() {
 #[test]
 fn notices_about_unknown_processes_change_nothing() {
     let r = rig();
-    r.create("c1");
-    r.pod.start("c1", None).unwrap();
-    r.next();
+    r.running("c1");
     r.exited("other-pod", None, 0);
     r.exited("c1", Some("never-started"), 0);
     r.exited(&"x".repeat(200), None, 0);
@@ -390,9 +400,7 @@ fn notices_about_unknown_processes_change_nothing() {
 #[test]
 fn a_lost_agent_fails_the_sandbox_and_ends_every_process() {
     let r = rig();
-    r.create("c1");
-    r.pod.start("c1", None).unwrap();
-    r.next();
+    r.running("c1");
     r.pod.add_exec("c1", "e1", serde_json::json!({}), false, None).unwrap();
     r.pod.start("c1", Some("e1")).unwrap();
     r.next();
@@ -420,9 +428,7 @@ fn a_vm_process_that_dies_fails_the_sandbox() {
     let vmm = std::process::Command::new("sleep").arg("60").spawn().unwrap();
     let pid = vmm.id() as i32;
     let r = rig_with(Arc::new(obliging), Some(vmm));
-    r.create("c1");
-    r.pod.start("c1", None).unwrap();
-    r.next();
+    r.running("c1");
     // SAFETY: kill(2) of the child this test started and has not reaped.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     match r.next() {
@@ -437,9 +443,7 @@ fn a_vm_process_that_dies_fails_the_sandbox() {
 #[test]
 fn shutdown_records_what_still_ran_as_killed() {
     let r = rig();
-    r.create("c1");
-    r.pod.start("c1", None).unwrap();
-    r.next();
+    r.running("c1");
     assert!(!r.pod.shutdown_if_empty(), "a pod with a container stays up");
     assert!(!r.vm_stopped.load(Ordering::SeqCst));
     r.pod.shutdown();
@@ -475,9 +479,7 @@ fn resize_needs_a_terminal() {
 #[test]
 fn a_kill_the_guest_never_reports_is_recorded_by_the_host() {
     let r = rig();
-    r.create("c1");
-    r.pod.start("c1", None).unwrap();
-    r.next();
+    r.running("c1");
     r.pod.add_exec("c1", "e1", serde_json::json!({}), false, None).unwrap();
     r.pod.start("c1", Some("e1")).unwrap();
     r.next();
@@ -499,9 +501,7 @@ fn a_kill_the_guest_never_reports_is_recorded_by_the_host() {
 #[test]
 fn a_kill_the_guest_reports_in_time_changes_nothing_else() {
     let r = rig();
-    r.create("c1");
-    r.pod.start("c1", None).unwrap();
-    r.next();
+    r.running("c1");
     r.pod.signal("c1", None, libc::SIGKILL, false).unwrap();
     r.exited("c1", None, 137);
     assert_eq!(exit_status(r.next()), ("c1".into(), None, 137));
@@ -515,9 +515,7 @@ fn a_kill_the_guest_reports_in_time_changes_nothing_else() {
 #[test]
 fn an_exec_cannot_end_before_it_started() {
     let r = rig();
-    r.create("c1");
-    r.pod.start("c1", None).unwrap();
-    r.next();
+    r.running("c1");
     r.pod.add_exec("c1", "e1", serde_json::json!({}), false, None).unwrap();
     r.exited("c1", Some("e1"), 0);
     r.no_more_events();
