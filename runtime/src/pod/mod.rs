@@ -899,8 +899,14 @@ impl Pod {
         }
     }
 
-    /// The VM or the agent is gone: every process still running has ended.
+    /// The VM or the agent is gone: every process still running has ended. A VM that the
+    /// host's OOM killer took also drops the agent's connection, and that can be noticed before
+    /// the VMM's exit; whichever comes first, the host cgroup's OOM count decides.
     fn sandbox_failed(&self, why: String) {
+        let oom = lock(&self.vm).as_ref().is_some_and(|vm| vm.oom_killed());
+        if oom {
+            self.host_oom(&why);
+        }
         let mut table = lock(&self.table);
         if table.ended.is_some() {
             return;
@@ -920,17 +926,8 @@ impl Pod {
     }
 
     fn vm_process_ended(&self, name: &'static str) {
-        let (how, oom) = {
-            let mut vm = lock(&self.vm);
-            match vm.as_mut() {
-                Some(vm) => (vm.how_it_ended(), vm.oom_killed()),
-                None => (None, false),
-            }
-        };
+        let how = lock(&self.vm).as_mut().and_then(|vm| vm.how_it_ended());
         let how = how.unwrap_or_else(|| format!("{name} exited"));
-        if oom {
-            self.host_oom(&how);
-        }
         self.sandbox_failed(format!("sandbox process failed: {how}"));
     }
 

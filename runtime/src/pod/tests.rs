@@ -84,6 +84,7 @@ fn fake_agent(script: Arc<Script>) -> (Agent, Receiver<AgentNotice>, FakeGuest) 
 struct FakeVm {
     vmm: Option<std::process::Child>,
     stopped: Arc<AtomicBool>,
+    oom_killed: Arc<AtomicBool>,
 }
 
 impl Vm for FakeVm {
@@ -105,6 +106,10 @@ impl Vm for FakeVm {
         vmm.try_wait().ok().flatten().map(|s| format!("fake-vmm exited ({s})"))
     }
 
+    fn oom_killed(&self) -> bool {
+        self.oom_killed.load(Ordering::SeqCst)
+    }
+
     fn shutdown(&mut self) {
         self.stopped.store(true, Ordering::SeqCst);
         if let Some(vmm) = self.vmm.as_mut() {
@@ -119,6 +124,7 @@ struct Rig {
     events: Receiver<PodEvent>,
     guest: FakeGuest,
     vm_stopped: Arc<AtomicBool>,
+    vm_oom_killed: Arc<AtomicBool>,
     dir: PathBuf,
     bundle: Bundle,
 }
@@ -153,7 +159,8 @@ fn rig_with(script: Arc<Script>, vmm: Option<std::process::Child>) -> Rig {
     let state = StateDir::new(&dir, "sandbox").unwrap();
     let (agent, notices, guest) = fake_agent(script);
     let vm_stopped = Arc::new(AtomicBool::new(false));
-    let vm = FakeVm { vmm, stopped: vm_stopped.clone() };
+    let vm_oom_killed = Arc::new(AtomicBool::new(false));
+    let vm = FakeVm { vmm, stopped: vm_stopped.clone(), oom_killed: vm_oom_killed.clone() };
     let (tx, events) = mpsc::channel();
     let tx = Mutex::new(tx);
     let sink: EventSink = Arc::new(move |e| {
@@ -170,7 +177,7 @@ fn rig_with(script: Arc<Script>, vmm: Option<std::process::Child>) -> Rig {
         kill_grace: GRACE,
     })
     .unwrap();
-    Rig { pod, events, guest, vm_stopped, dir, bundle }
+    Rig { pod, events, guest, vm_stopped, vm_oom_killed, dir, bundle }
 }
 
 fn rig() -> Rig {
@@ -421,6 +428,20 @@ fn a_lost_agent_fails_the_sandbox_and_ends_every_process() {
     r.pod.remove_process("c1", "e1").unwrap();
     r.pod.remove_container("c1").unwrap();
     assert!(r.pod.failure().is_some());
+}
+
+/// The host's OOM killer took the VMM, and the agent's connection dropped before the VMM's
+/// pidfd said so: still an OOM kill of the container, not a sandbox failure.
+#[test]
+fn a_host_oom_kill_noticed_first_as_a_lost_agent_is_an_oom_kill() {
+    let r = rig();
+    r.running("c1");
+    r.vm_oom_killed.store(true, Ordering::SeqCst);
+    r.guest.hang_up();
+    assert!(matches!(r.next(), PodEvent::Oom { container_id } if container_id == "c1"));
+    assert_eq!(exit_status(r.next()), ("c1".into(), None, KILLED));
+    assert!(matches!(r.next(), PodEvent::SandboxFailed { .. }));
+    assert_eq!(r.pod.wait("c1", None).unwrap().status, KILLED);
 }
 
 #[test]

@@ -1,0 +1,53 @@
+#!/bin/sh
+# Stage 2 of the nested rig's L1 (run by l1-init after switch_root, on the host's userspace
+# with a tmpfs overlay). Mounts what a host has, loads KVM, then runs the command the host
+# left in SCRATCH/cmd and leaves its exit status in SCRATCH/rc. An L1 that cannot offer real
+# KVM writes the reason to SCRATCH/l1-failed instead, so the host fails loudly.
+#
+#   l1-stage2.sh SCRATCH
+scratch=$1
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# The host's poweroff is systemctl, which needs systemd; busybox's calls reboot(2) directly.
+power_off() { sync; /bin/busybox poweroff -f; sleep 10; /bin/busybox reboot -f; }
+log() { echo "hull-l1: $*" > /dev/console; }
+l1_fail() {
+  log "FAILED: $*"
+  echo "$*" > "$scratch/l1-failed"
+  power_off
+  exit 1
+}
+
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts /dev/pts
+mount -t tmpfs -o mode=1777 shm /dev/shm
+# The guest side of L1 is cgroup v2 only, as on current distributions.
+mount -t cgroup2 cgroup2 /sys/fs/cgroup || l1_fail "cgroup2 mount"
+# Fresh state for everything a container engine keeps: the host's copies are read-only and
+# overlayfs cannot be the upper layer of podman's or containerd's overlays.
+for d in /run /var/tmp /var/lib/containers /var/lib/containerd /var/lib/hull /var/lib/cni; do
+  mkdir -p "$d" && mount -t tmpfs -o mode=0755 tmpfs "$d"
+done
+chmod 1777 /var/tmp
+mkdir -p /run/lock /run/netns
+
+# The L1 kernel's modules, where modprobe (and the kernel's module autoloading) looks.
+kdir=$(cat "$scratch/kernel-dir")
+abi=$(uname -r)
+mkdir -p "/lib/modules/$abi"
+mount --bind "$kdir/lib/modules/$abi" "/lib/modules/$abi" || l1_fail "modules of $abi at $kdir"
+grep -qw svm /proc/cpuinfo || l1_fail "the L1 CPU has no svm flag: this QEMU's TCG does not emulate AMD SVM (-cpu max)"
+modprobe kvm_amd 2> "$scratch/modprobe.err" || l1_fail "modprobe kvm_amd: $(cat "$scratch/modprobe.err")"
+# devtmpfs makes the node asynchronously.
+for _ in $(seq 50); do [ -c /dev/kvm ] && break; sleep 0.1; done
+[ -c /dev/kvm ] || l1_fail "kvm_amd loaded but /dev/kvm is missing"
+for m in tun veth bridge sch_ingress act_mirred cls_u32 cls_flower overlay; do
+  modprobe "$m" 2>/dev/null || log "note: module $m did not load"
+done
+ip link set lo up
+hostname hull-l1
+log "KVM ready: $(dmesg | grep -m1 -o 'SVM: .*Nested Paging.*' || echo 'kvm_amd loaded')"
+
+cd "$(cat "$scratch/cwd")"
+/bin/sh "$scratch/cmd" > "$scratch/out.log" 2>&1
+echo $? > "$scratch/rc"
+power_off

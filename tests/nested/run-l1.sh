@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Run a command inside an L1 VM that offers real KVM: QEMU/TCG with `-cpu max` emulates AMD
+# SVM with nested paging, and Debian's cloud kernel (l1-kernel.sh) loads kvm-amd on it. L1
+# sees the host's whole userspace read-only over virtio-fs (with a tmpfs overlay on top, so
+# the same binaries, daemons and packages run unchanged) and can write only SCRATCH. The
+# command runs as root in the current directory; its output is streamed here and its exit
+# status is this script's. An L1 that cannot start, or cannot offer /dev/kvm, exits 125 with
+# the reason: it never passes by running nothing.
+#
+#   tests/nested/run-l1.sh [--cpus N] [--mem MIB] [--timeout SECS] -- COMMAND [ARGS...]
+#
+# Environment passed into L1: HULL_*, RUST_*, CARGO_*, FUZZ_SECONDS. SCRATCH is
+# ${HULL_L1_SCRATCH:-<repo>/target/l1}/<pid>, kept on failure for its console.log.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cpus=2 mem=8192 timeout=3000
+while [ $# -gt 0 ]; do
+  case $1 in
+    --cpus) cpus=$2; shift 2 ;;
+    --mem) mem=$2; shift 2 ;;
+    --timeout) timeout=$2; shift 2 ;;
+    --) shift; break ;;
+    *) echo "run-l1: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+[ $# -gt 0 ] || { echo "usage: run-l1.sh [--cpus N] [--mem MIB] [--timeout SECS] -- COMMAND..." >&2; exit 2; }
+
+rig_fail() { echo "run-l1: L1 FAILED: $*" >&2; exit 125; }
+qemu=$(command -v qemu-system-x86_64) || rig_fail "qemu-system-x86_64 missing (apt-get install qemu-system-x86)"
+virtiofsd=${HULL_L1_VIRTIOFSD:-$repo/build/assets/bin/virtiofsd}
+[ -x "$virtiofsd" ] || rig_fail "$virtiofsd missing (make tools)"
+kdir=$("$here/l1-kernel.sh") || rig_fail "no L1 kernel (l1-kernel.sh above says why)"
+initrd=$("$here/l1-initramfs.sh" "$kdir") || rig_fail "no L1 initramfs"
+
+scratch_root=${HULL_L1_SCRATCH:-$repo/target/l1}
+scratch="$scratch_root/$$"
+rm -rf "$scratch"
+mkdir -p "$scratch"
+scratch=$(cd "$scratch" && pwd)
+echo "$kdir" > "$scratch/kernel-dir"
+pwd > "$scratch/cwd"
+{
+  echo "export PATH='$PATH' HOME=/root TMPDIR=/var/tmp"
+  env | grep -E '^(HULL_|RUST_|CARGO_|FUZZ_SECONDS=)' | while IFS= read -r kv; do
+    printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
+  done
+  printf '%q ' "$@"
+  echo
+} > "$scratch/cmd"
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+# The host's root, read-only; cache=always because nothing on it changes during a run; its
+# submounts (/proc, /sys, ...) not announced, because overlayfs refuses automount points below
+# its lower layer, and L1 mounts its own there anyway.
+"$virtiofsd" --socket-path="$scratch/root.sock" --shared-dir=/ --readonly --cache=always --no-announce-submounts \
+  --sandbox=namespace --seccomp=kill --log-level=error 2> "$scratch/virtiofsd-root.log" &
+pids+=($!)
+"$virtiofsd" --socket-path="$scratch/scratch.sock" --shared-dir="$scratch" --cache=never \
+  --sandbox=namespace --seccomp=kill --log-level=error 2> "$scratch/virtiofsd-scratch.log" &
+pids+=($!)
+for s in root scratch; do
+  for _ in $(seq 100); do [ -S "$scratch/$s.sock" ] && break; sleep 0.05; done
+  [ -S "$scratch/$s.sock" ] || rig_fail "virtiofsd for $s did not start: $(cat "$scratch/virtiofsd-$s.log")"
+done
+
+touch "$scratch/out.log"
+tail -n +1 -F "$scratch/out.log" 2>/dev/null &
+tail_pid=$!
+pids+=($tail_pid)
+started=$(date +%s)
+# microvm with ACPI: the cloud kernel finds virtio-mmio devices only through ACPI, and needs
+# the PIT to calibrate its clock under TCG.
+"$qemu" \
+  -M microvm,acpi=on,pit=on,pic=on,rtc=on,x-option-roms=off,memory-backend=mem -accel tcg -cpu max \
+  -smp "$cpus" -m "${mem}M" -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" \
+  -nodefaults -no-user-config -nographic -display none -no-reboot \
+  -serial "file:$scratch/console.log" \
+  -kernel "$kdir/vmlinuz" -initrd "$initrd" \
+  -append "console=ttyS0 panic=-1 reboot=t quiet hull.stage2=$here/l1-stage2.sh hull.scratch=$scratch" \
+  -chardev "socket,id=root,path=$scratch/root.sock" -device vhost-user-fs-device,chardev=root,tag=root \
+  -chardev "socket,id=scratch,path=$scratch/scratch.sock" -device vhost-user-fs-device,chardev=scratch,tag=scratch \
+  > "$scratch/qemu.log" 2>&1 &
+qemu_pid=$!
+pids=("$qemu_pid" "${pids[@]}")
+qemu_rc=
+while [ -z "$qemu_rc" ]; do
+  if ! kill -0 "$qemu_pid" 2>/dev/null; then
+    wait "$qemu_pid" && qemu_rc=0 || qemu_rc=$?
+  elif [ $(( $(date +%s) - started )) -ge "$timeout" ]; then
+    kill -KILL "$qemu_pid"
+    wait "$qemu_pid" || true
+    qemu_rc=timeout
+  else
+    sleep 1
+  fi
+done
+sleep 0.5
+kill "$tail_pid" 2>/dev/null || true
+elapsed=$(( $(date +%s) - started ))
+
+if [ -f "$scratch/l1-failed" ]; then
+  rig_fail "$(cat "$scratch/l1-failed") (console: $scratch/console.log)"
+fi
+if [ ! -f "$scratch/rc" ]; then
+  [ "$qemu_rc" = timeout ] && why="killed after ${timeout}s" || why="QEMU exited $qemu_rc"
+  echo "run-l1: --- last lines of L1's console ---" >&2
+  tail -n 30 "$scratch/console.log" >&2 || true
+  tail -n 5 "$scratch/qemu.log" >&2 || true
+  rig_fail "no result from L1 ($why after ${elapsed}s; $scratch)"
+fi
+rc=$(cat "$scratch/rc")
+echo "run-l1: the command exited $rc in L1 (${elapsed}s including L1's boot)"
+[ "$rc" = 0 ] && rm -rf "$scratch"
+exit "$rc"
