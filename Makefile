@@ -76,20 +76,13 @@ check:
 	@echo "check: unit tests"
 	@cargo test --release --locked --workspace --lib --bins
 
-# The suite runs against this checkout's build (HULL_ASSET_DIR), not what is installed. With
-# hardware KVM the backend `auto` is hull-vmm, so the whole suite runs on it, and the foundation
-# suite runs once more on QEMU; without it (PVM, as on the CI machines) everything runs on
-# QEMU/TCG and hull-vmm is proven by its synthetic-guest suite (tests/tests/vmm.rs).
+# The suites run against this checkout's build (HULL_ASSET_DIR), not what is installed:
+# scripts/test.sh says where each runs (on hardware KVM: all on hull-vmm, foundation again on
+# QEMU/KVM; without it: all on QEMU/TCG here, then all on hull-vmm inside the nested-KVM L1 of
+# tests/nested/) and ends with a table of what ran where and how many passed.
 test: check assets initramfs-hostile
-	@if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -e /dev/kvm ]; then \
-	  echo "test: hardware KVM present: the suite runs on hull-vmm, then the foundation suite on QEMU/KVM"; \
-	  HULL_ASSET_DIR=$(CURDIR)/$(ASSETS) cargo test --release --locked --workspace -- --test-threads=1 && \
-	  HULL_BACKEND=qemu HULL_ASSET_DIR=$(CURDIR)/$(ASSETS) cargo test --release --locked -p hull-tests --test foundation -- --test-threads=1; \
-	else \
-	  echo "test: NOTE: no hardware KVM (vmx/svm): the end-to-end suite runs on QEMU/TCG; hull-vmm runs only its synthetic-guest suite here, not the Linux end-to-end suite"; \
-	  HULL_ASSET_DIR=$(CURDIR)/$(ASSETS) cargo test --release --locked --workspace -- --test-threads=1; \
-	fi
-	@scripts/fuzz.sh $${FUZZ_SECONDS:-30}
+	@cargo build --release --locked -p hull-tests --tests
+	@scripts/test.sh
 
 fuzz:
 	@scripts/fuzz.sh $${FUZZ_SECONDS:-60}

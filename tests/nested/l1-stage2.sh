@@ -45,7 +45,8 @@ for m in tun veth bridge sch_ingress act_mirred cls_u32 cls_flower overlay; do
 done
 ip link set lo up
 hostname hull-l1
-log "KVM ready: $(dmesg | grep -m1 -o 'SVM: .*Nested Paging.*' || echo 'kvm_amd loaded')"
+log "KVM ready: $(dmesg | grep -m1 -o "SVM: kvm: Nested Paging.*" || echo "kvm_amd loaded")"
+date +%s > "$scratch/l1-up"
 
 cd "$(cat "$scratch/cwd")"
 /bin/sh "$scratch/cmd" > "$scratch/out.log" 2>&1

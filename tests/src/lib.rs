@@ -24,6 +24,56 @@ pub fn hostile_initramfs() -> PathBuf {
     path
 }
 
+/// The hypervisor backend the runtime under test uses here, as `hull features` reports it
+/// (`HULL_BACKEND`, or `auto`: hull-vmm on hardware KVM, QEMU otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    HullVmm,
+    Qemu,
+}
+
+impl Backend {
+    pub fn current() -> Backend {
+        static BACKEND: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
+        *BACKEND.get_or_init(|| {
+            let out = Command::new(hull_bin()).arg("features").output().expect("hull features");
+            let features: Value = serde_json::from_slice(&out.stdout).expect("hull features prints JSON");
+            let name = features["annotations"]["io.github.hull.hypervisor"].as_str().unwrap_or_default().to_string();
+            if name.starts_with("hull-vmm") {
+                Backend::HullVmm
+            } else {
+                assert!(name.starts_with("qemu"), "unknown backend in hull features: {name:?}");
+                Backend::Qemu
+            }
+        })
+    }
+
+    /// The program name of the VMM process ("hull-vmm", "qemu-system").
+    pub fn vmm(self) -> &'static str {
+        match self {
+            Backend::HullVmm => "hull-vmm",
+            Backend::Qemu => "qemu-system",
+        }
+    }
+
+    /// The sandbox processes that run in hull's jail (virtiofsd has its own sandbox).
+    pub fn jailed_processes(self) -> &'static [&'static str] {
+        match self {
+            Backend::HullVmm => &["hull-vmm"],
+            Backend::Qemu => &["qemu-system", "vhost-device-vsock"],
+        }
+    }
+
+    /// Every process a sandbox runs on the host, the VMM first.
+    pub fn sandbox_processes(self) -> &'static [&'static str] {
+        match self {
+            // hull-vmm carries its vsock device in-process.
+            Backend::HullVmm => &["hull-vmm", "virtiofsd"],
+            Backend::Qemu => &["qemu-system", "vhost-device-vsock", "virtiofsd"],
+        }
+    }
+}
+
 /// The `hull` binary under test: `HULL_BIN`, or this workspace's release build.
 pub fn hull_bin() -> PathBuf {
     std::env::var_os("HULL_BIN")
@@ -180,8 +230,32 @@ impl Env {
     }
 }
 
+impl Env {
+    /// After a failed test, its containers' logs (guest console, VMM log) are copied to
+    /// `$HULL_TEST_ARTIFACTS/<test dir>/` before the scratch area goes: the only trace of a
+    /// failure inside the nested rig's L1, whose disk goes with it.
+    fn keep_logs(&self) {
+        let Some(to) = std::env::var_os("HULL_TEST_ARTIFACTS") else { return };
+        let to = Path::new(&to).join(self.dir.file_name().unwrap_or_default());
+        let Ok(entries) = fs::read_dir(&self.root) else { return };
+        for container in entries.flatten() {
+            let Ok(files) = fs::read_dir(container.path()) else { continue };
+            for file in files.flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".log") && fs::create_dir_all(&to).is_ok() {
+                    let _ =
+                        fs::copy(file.path(), to.join(format!("{}-{name}", container.file_name().to_string_lossy())));
+                }
+            }
+        }
+    }
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.keep_logs();
+        }
         // A test that failed midway may have left containers running; their VMs must not
         // outlive it and slow every test after it.
         if let Ok(entries) = fs::read_dir(&self.root) {

@@ -25,7 +25,7 @@ fn vm_count() -> usize {
         .filter(|e| {
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline);
-            cmdline.contains("qemu-system") && cmdline.contains("/run/hull/shim/")
+            cmdline.contains(hull_tests::Backend::current().vmm()) && cmdline.contains("/run/hull/shim/")
         })
         .count()
 }
@@ -183,7 +183,7 @@ fn killing_a_pods_vmm_or_shim_ends_its_containers() {
         .start_container(&pod, ContainerSpec { name: "b", image: IMAGE, args: &["sleep", "606"], ..Default::default() })
         .unwrap();
     let killed = std::process::Command::new("pkill")
-        .args(["-KILL", "-f", "qemu-system-x86_64.*/run/hull/shim/"])
+        .args(["-KILL", "-f", &format!("{}.*/run/hull/shim/", hull_tests::Backend::current().vmm())])
         .status()
         .unwrap();
     assert!(killed.success(), "no VMM found to kill");

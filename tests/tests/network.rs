@@ -212,7 +212,8 @@ fn a_killed_supervisor_takes_its_vm_along_and_delete_cleans_the_namespace() {
     }
     // Its VM and daemons died with it (parent-death signal).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while env.find_process("qemu").is_some() || env.find_process("virtiofsd").is_some() {
+    let kinds = hull_tests::Backend::current().sandbox_processes();
+    while kinds.iter().any(|kind| env.find_process(kind).is_some()) {
         assert!(Instant::now() < deadline, "sandbox processes outlived their supervisor");
         std::thread::sleep(Duration::from_millis(100));
     }

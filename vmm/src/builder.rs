@@ -21,9 +21,6 @@ use crate::vcpu::{ExitEvent, ExitReason, Vcpu};
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::{Interrupt, VirtioDevice};
 
-/// The console log stops growing here; a guest printing forever cannot fill the host's disk.
-const CONSOLE_LOG_LIMIT: u64 = 64 << 20;
-
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +152,7 @@ pub fn create(config: &VmmConfig) -> Result<Vmm, BuildError> {
                 .append(true)
                 .open(path)
                 .map_err(|source| BuildError::ConsoleLog { path: path.display().to_string(), source })?;
-            Box::new(ConsoleLog::new(file, CONSOLE_LOG_LIMIT))
+            Box::new(ConsoleLog::new(file, config.console_log_cap))
         }
         None => Box::new(std::io::stdout()),
     };

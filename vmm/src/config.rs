@@ -20,6 +20,9 @@ pub struct VmmConfig {
     /// Serial console output; standard output when absent.
     #[serde(default)]
     pub console_log: Option<PathBuf>,
+    /// Bytes of guest output the console log keeps (the guest can print without end).
+    #[serde(default = "default_console_log_cap")]
+    pub console_log_cap: u64,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
     #[serde(default)]
@@ -83,6 +86,9 @@ fn default_vcpus() -> u8 {
 }
 fn default_memory() -> u64 {
     128
+}
+pub fn default_console_log_cap() -> u64 {
+    64 << 20
 }
 fn default_fs_queue_size() -> u16 {
     1024

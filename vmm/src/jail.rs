@@ -87,12 +87,29 @@ pub fn enter(jail: &JailConfig) -> Result<(), JailError> {
         }
     }
     if let (Some(uid), Some(gid)) = (jail.uid, jail.gid) {
+        // A change of credentials clears the parent-death signal the runtime asked for (it
+        // is how the VMM dies with a supervisor that is killed): read it first, set it again
+        // after, and if the parent died in between, leave now as the signal would have made us.
+        let mut pdeath: libc::c_int = 0;
+        // SAFETY: PR_GET_PDEATHSIG writes one int through the pointer we pass.
+        check(unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, &mut pdeath as *mut libc::c_int) }, "PR_GET_PDEATHSIG")?;
+        // SAFETY: getppid has no arguments.
+        let parent = unsafe { libc::getppid() };
         // SAFETY: setgroups with an empty list.
         check(unsafe { libc::setgroups(0, std::ptr::null()) }, "setgroups")?;
         // SAFETY: setgid with an integer.
         check(unsafe { libc::setgid(gid) }, format!("setgid {gid}"))?;
         // SAFETY: setuid with an integer.
         check(unsafe { libc::setuid(uid) }, format!("setuid {uid}"))?;
+        if pdeath != 0 {
+            // SAFETY: prctl with integer arguments.
+            check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, pdeath as libc::c_ulong) }, "PR_SET_PDEATHSIG")?;
+            // SAFETY: getppid has no arguments.
+            if unsafe { libc::getppid() } != parent {
+                // SAFETY: raise with the signal the parent's death was to send.
+                unsafe { libc::raise(pdeath) };
+            }
+        }
     }
     drop_all_capabilities()?;
     // SAFETY: prctl with integer arguments.

@@ -32,6 +32,9 @@ struct Args {
     /// Serial console output file (standard output when absent).
     #[arg(long)]
     console_log: Option<PathBuf>,
+    /// Bytes of guest output the console log keeps [default: 64 MiB].
+    #[arg(long)]
+    console_cap: Option<u64>,
     /// vsock guest CID (with --vsock-uds).
     #[arg(long)]
     vsock_cid: Option<u64>,
@@ -79,6 +82,9 @@ impl Args {
             if self.console_log.is_some() {
                 config.console_log = self.console_log;
             }
+            if let Some(cap) = self.console_cap {
+                config.console_log_cap = cap;
+            }
             return Ok(config);
         }
         let Some(kernel) = self.kernel else {
@@ -91,6 +97,7 @@ impl Args {
             vcpus: self.vcpus,
             memory_mib: self.memory_mib,
             console_log: self.console_log,
+            console_log_cap: self.console_cap.unwrap_or_else(hull_vmm::config::default_console_log_cap),
             vsock: match (self.vsock_cid, self.vsock_uds) {
                 (Some(guest_cid), Some(uds)) => Some(VsockConfig { guest_cid, uds }),
                 (None, None) => None,

@@ -28,6 +28,7 @@ impl HullVmm {
             .args(["--vcpus", &vm.vcpus.to_string(), "--memory-mib", &vm.memory_mib.to_string()])
             .arg("--console-log")
             .arg(&vm.console_log)
+            .args(["--console-cap", &crate::log_sink::console_cap().to_string()])
             .args(["--vsock-cid", &vm.guest_cid.to_string()])
             .arg("--vsock-uds")
             .arg(&vm.vsock_socket)

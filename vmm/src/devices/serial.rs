@@ -66,11 +66,39 @@ impl Write for ConsoleLog {
         if self.written >= self.limit {
             return Ok(buf.len());
         }
-        let n = self.file.write(buf)?;
+        let room = (self.limit - self.written).min(buf.len() as u64) as usize;
+        let n = self.file.write(&buf[..room])?;
         self.written += n as u64;
+        if self.written >= self.limit {
+            // Said once, in the log itself, so a reader knows the rest was dropped.
+            let _ = write!(
+                self.file,
+                "\n[hull-vmm: this log reached its cap of {} bytes; the rest is dropped]\n",
+                self.limit
+            );
+        }
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_log_keeps_its_cap_and_says_so_once() {
+        let path = std::env::temp_dir().join(format!("hull-vmm-console-{}", std::process::id()));
+        let mut log = ConsoleLog::new(std::fs::File::create(&path).unwrap(), 1000);
+        for _ in 0..300 {
+            log.write_all(b"abcdefg").unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let (kept, note) = text.split_at(1000);
+        assert_eq!(kept, &"abcdefg".repeat(143)[..1000]);
+        assert_eq!(note, "\n[hull-vmm: this log reached its cap of 1000 bytes; the rest is dropped]\n");
     }
 }

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The body of `make test` after make check and the assets: the end-to-end suites, wherever
+# each can run, then a table of what ran where and how many passed, then short fuzzing.
+#
+# - Hardware KVM (vmx/svm): the whole suite on hull-vmm on /dev/kvm, then the foundation
+#   suite on QEMU/KVM.
+# - No hardware KVM (these CI machines: PVM): the whole suite on the host with QEMU/TCG
+#   (hull-vmm only through its synthetic guest there), then, in the nested rig's L1
+#   (tests/nested/, real KVM inside QEMU/TCG), the whole end-to-end suite on hull-vmm and the
+#   foundation suite on QEMU/KVM. An L1 that cannot start fails the run.
+#
+# HULL_TEST_NESTED=off skips the L1 part, loudly (the table says it did not run, and the run
+# fails unless HULL_TEST_NESTED=off is also what the caller meant: it is never the default).
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+export HULL_ASSET_DIR=$repo/build/assets
+logs=$repo/target/test-logs
+rm -rf "$logs"
+mkdir -p "$logs"
+summary=()
+status=0
+# A failed test's guest console and VMM log land here (tests/src/lib.rs, Env::keep_logs).
+export HULL_TEST_ARTIFACTS=$logs/artifacts
+
+run_host() {  # name, then cargo test arguments
+  local name=$1; shift
+  echo "test: $name"
+  cargo test --release --locked --no-fail-fast "$@" -- --test-threads=1 2>&1 | tee "$logs/$name.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  summary+=("$(tests/nested/tally.sh "$name" "$logs/$name.log")")
+}
+
+if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -e /dev/kvm ]; then
+  echo "test: hardware KVM present: the suite runs on hull-vmm here, then the foundation suite on QEMU/KVM"
+  run_host "host hull-vmm all" --workspace
+  HULL_BACKEND=qemu run_host "host qemu-kvm foundation" -p hull-tests --test foundation
+else
+  echo "test: no hardware KVM here (vmx/svm): the suite runs on QEMU/TCG here, then on hull-vmm in an L1 VM with nested KVM"
+  run_host "host qemu-tcg all" --workspace
+  if [ "${HULL_TEST_NESTED:-on}" = off ]; then
+    summary+=("suite: L1 (nested KVM): NOT RUN (HULL_TEST_NESTED=off): hull-vmm's Linux end-to-end suite did not run")
+    status=1
+  else
+    echo "test: L1: booting the nested-KVM rig (tests/nested/run-l1.sh)"
+    tests/nested/run-l1.sh --scratch "$logs/l1" -- tests/nested/suite-in-l1.sh "$logs/l1/logs"
+    rc=$?
+    if [ $rc -eq 125 ]; then
+      summary+=("suite: L1 (nested KVM): FAILED TO START (see above): hull-vmm's Linux end-to-end suite did not run")
+    fi
+    [ $rc -eq 0 ] || status=1
+    summary+=("$(tests/nested/tally.sh "L1 hull-vmm e2e" "$logs/l1/logs/L1 hull-vmm e2e.all")")
+    summary+=("$(tests/nested/tally.sh "L1 qemu-kvm foundation" "$logs/l1/logs/qemu-kvm-foundation.log")")
+  fi
+fi
+
+echo
+echo "test: what ran where"
+for line in "${summary[@]}"; do echo "  $line"; done
+[ $status -eq 0 ] || { echo "test: FAILED"; exit 1; }
+scripts/fuzz.sh "${FUZZ_SECONDS:-30}"

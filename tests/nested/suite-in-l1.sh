@@ -1,0 +1,52 @@
+#!/bin/sh
+# What make test runs inside the nested rig's L1 (through run-l1.sh), where /dev/kvm is real
+# KVM: every end-to-end test file on hull-vmm (the backend `auto` picks there), then the
+# foundation suite on QEMU with -accel kvm. Each file's cargo output goes to
+# LOG_DIR/<backend>-<file>.log; a file that runs past its deadline is killed, with the
+# process tree saved beside its log. The "suite:" lines are what make test prints in its table.
+#
+#   tests/nested/suite-in-l1.sh LOG_DIR
+set -u
+logs=${1:?usage: suite-in-l1.sh LOG_DIR}
+mkdir -p "$logs"
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+status=0
+# A failed test's guest console and VMM log land here (tests/src/lib.rs, Env::keep_logs).
+export HULL_TEST_ARTIFACTS="$logs/artifacts"
+deadline=${HULL_L1_FILE_DEADLINE:-900}
+
+backend=$(target/release/hull features | sed -n 's/.*"io.github.hull.hypervisor": "\(.*\)".*/\1/p')
+if [ "$backend" != "hull-vmm (kvm)" ]; then
+  echo "suite: L1 FAILED: the backend auto picks in L1 is '$backend', not hull-vmm (kvm)"
+  exit 125
+fi
+
+run_file() {  # label, test file
+  log="$logs/$1-$2.log"
+  start=$(date +%s)
+  # --offline: L1 has no network; everything was built on the host before L1 started.
+  timeout --signal=KILL "$deadline" cargo test --offline --release --locked -p hull-tests --test "$2" \
+    -- --test-threads=1 > "$log" 2>&1 &
+  pid=$!
+  while kill -0 $pid 2>/dev/null; do
+    if [ $(( $(date +%s) - start )) -ge $(( deadline - 5 )) ]; then
+      ps -eo pid,ppid,etimes,stat,args --forest > "$log.ps" 2>&1
+      echo "suite: $1 $2: past its ${deadline}s deadline; processes in $log.ps"
+      break
+    fi
+    sleep 2
+  done
+  wait $pid
+  rc=$?
+  echo "suite: $1 $2: exit $rc after $(( $(date +%s) - start ))s"
+  [ $rc -eq 0 ] || status=1
+}
+
+files=$(ls tests/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//')
+for f in $files; do run_file hull-vmm "$f"; done
+HULL_BACKEND=qemu run_file qemu-kvm foundation
+cat "$logs"/hull-vmm-*.log > "$logs/L1 hull-vmm e2e.all"
+tests/nested/tally.sh "L1 hull-vmm e2e" "$logs/L1 hull-vmm e2e.all"
+tests/nested/tally.sh "L1 qemu-kvm foundation" "$logs/qemu-kvm-foundation.log"
+exit $status
