@@ -47,6 +47,8 @@ done
 
 args sleep 600
 for backend in hull-vmm qemu; do
+  # In run order, to show whether later sandboxes start slower than the first.
+  echo "bench: $backend agent ready, ms in run order:${ready[$backend]}" >&2
   echo "ready_$backend=$(median ${ready[$backend]})"
   echo "run_$backend=$(median ${run[$backend]})"
   HULL_BACKEND=$backend "$HULL" --root "$root" run -d --bundle "$bundle" idle </dev/null >/dev/null 2>&1

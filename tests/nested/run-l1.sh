@@ -79,6 +79,10 @@ touch "$scratch/out.log"
 tail -n +1 -F "$scratch/out.log" 2>/dev/null &
 tail_pid=$!
 pids+=($tail_pid)
+# Under TCG's jitter the L1 kernel's early TSC calibration against the PIT sometimes fails
+# ("tsc: Unable to calibrate against PIT"), and then it hangs before init (seen in 1 of 6
+# boots); TCG's TSC runs at the host's rate, so L1 is told it.
+tsc_khz=$(awk -F': ' '/^cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
 started=$(date +%s)
 # microvm with ACPI: the cloud kernel finds virtio-mmio devices only through ACPI, and needs
 # the PIT to calibrate its clock under TCG.
@@ -93,7 +97,7 @@ started=$(date +%s)
   -nodefaults -no-user-config -nographic -display none -no-reboot \
   -serial "file:$scratch/console.log" \
   -kernel "$kdir/vmlinuz" -initrd "$initrd" \
-  -append "console=ttyS0 panic=-1 reboot=t quiet hull.stage2=$here/l1-stage2.sh hull.scratch=$scratch kvm_amd.npt=0 ${HULL_L1_APPEND:-}" \
+  -append "console=ttyS0 panic=-1 reboot=t hull.stage2=$here/l1-stage2.sh hull.scratch=$scratch tsc_early_khz=$tsc_khz kvm_amd.npt=0 ${HULL_L1_APPEND:-}" \
   -chardev "socket,id=root,path=$scratch/root.sock" -device vhost-user-fs-device,chardev=root,tag=root \
   -chardev "socket,id=scratch,path=$scratch/scratch.sock" -device vhost-user-fs-device,chardev=scratch,tag=scratch \
   > "$scratch/qemu.log" 2>&1 &
