@@ -42,6 +42,8 @@ else
     summary+=("suite: L1 (nested KVM): NOT RUN (HULL_TEST_NESTED=off): hull-vmm's Linux end-to-end suite did not run")
     status=1
   else
+    # L1 runs the test binaries built here; cargo there only checks that they are fresh.
+    cargo test --release --locked -p hull-tests --tests --no-run >/dev/null 2>&1
     echo "test: L1: booting the nested-KVM rig (tests/nested/run-l1.sh)"
     tests/nested/run-l1.sh --scratch "$logs/l1" -- tests/nested/suite-in-l1.sh "$logs/l1/logs"
     rc=$?

@@ -43,6 +43,14 @@ run_file() {  # label, test file
   [ $rc -eq 0 ] || status=1
 }
 
+# The host built every test binary before L1 started; compiling here (slowly, under TCG,
+# into L1's tmpfs) means that build was stale, which the summary should say.
+cargo test --offline --release --locked -p hull-tests --tests --no-run > "$logs/build.log" 2>&1 \
+  || { echo "suite: L1 FAILED: cargo could not build the tests"; tail -20 "$logs/build.log"; exit 125; }
+if grep -q "Compiling" "$logs/build.log"; then
+  echo "suite: NOTE: the host's test build was stale; L1 compiled: $(grep -c Compiling "$logs/build.log") crates"
+fi
+
 files=$(ls tests/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//')
 for f in $files; do run_file hull-vmm "$f"; done
 HULL_BACKEND=qemu run_file qemu-kvm foundation

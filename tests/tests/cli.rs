@@ -279,7 +279,9 @@ fn runc_flags_are_accepted_or_refused_clearly() {
     let groups = text(&out.stdout);
     assert!(
         groups.split_whitespace().any(|g| g == "10") && groups.split_whitespace().any(|g| g == "20"),
-        "exec -g: {groups}"
+        "exec -g: {groups:?}, {:?}, stderr {}",
+        out.status,
+        text(&out.stderr)
     );
     let out = env.hull_out(&["exec", "--preserve-fds", "1", "x", "true"]);
     assert!(!out.status.success() && text(&out.stderr).contains("--preserve-fds"), "{}", text(&out.stderr));

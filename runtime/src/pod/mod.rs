@@ -29,7 +29,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hull_protocol::{ContainerStats, Event, ProcessInfo, ResourceUpdate};
 use serde_json::Value;
@@ -61,6 +61,8 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 pub const KILL_GRACE: Duration = Duration::from_secs(10);
 /// How long the agent has to answer a SIGKILL request (it only has to send a signal).
 const KILL_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a lost agent connection waits for a VM process's exit to show, to name it.
+const VM_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 pub type Result<T> = std::result::Result<T, PodError>;
 
@@ -925,6 +927,24 @@ impl Pod {
         self.changed.notify_all();
     }
 
+    /// The agent's connection ended. When a VM process died, that is the cause, and the
+    /// connection often drops first (hull-vmm carries vsock in-process; QEMU's death closes
+    /// the vsock backend's socket): the process has closed its files but is not yet a zombie
+    /// the pidfd reports. A moment's wait lets the failure name it.
+    fn agent_lost(&self, reason: &str) {
+        let deadline = Instant::now() + VM_EXIT_WAIT;
+        loop {
+            let how = lock(&self.vm).as_mut().and_then(|vm| vm.how_it_ended());
+            if let Some(how) = how {
+                return self.sandbox_failed(format!("sandbox process failed: {how}"));
+            }
+            if Instant::now() >= deadline {
+                return self.sandbox_failed(format!("lost the guest agent: {reason}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn vm_process_ended(&self, name: &'static str) {
         let how = lock(&self.vm).as_mut().and_then(|vm| vm.how_it_ended());
         let how = how.unwrap_or_else(|| format!("{name} exited"));
@@ -964,7 +984,7 @@ fn follow_agent(pod: Weak<Pod>, notices: Receiver<AgentNotice>) {
             }
             AgentNotice::Event(Event::OomKilled { container_id }) => pod.oom(&container_id),
             AgentNotice::Lost(reason) => {
-                pod.sandbox_failed(format!("lost the guest agent: {reason}"));
+                pod.agent_lost(&reason);
                 return;
             }
         }

@@ -444,6 +444,26 @@ fn a_host_oom_kill_noticed_first_as_a_lost_agent_is_an_oom_kill() {
     assert_eq!(r.pod.wait("c1", None).unwrap().status, KILLED);
 }
 
+/// The VMM died, and its agent connection dropped before its exit showed (hull-vmm carries
+/// vsock itself): the failure names the VMM, not the lost connection.
+#[test]
+fn a_lost_agent_names_the_vm_process_that_died_with_it() {
+    let vmm = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = vmm.id() as i32;
+    let r = rig_with(Arc::new(obliging), Some(vmm));
+    r.running("c1");
+    r.guest.hang_up();
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: kill(2) of the child this test started and has not reaped.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    match r.next() {
+        PodEvent::SandboxFailed { reason } => {
+            assert!(reason.starts_with("sandbox process failed: fake-vmm exited"), "{reason}")
+        }
+        other => panic!("expected SandboxFailed, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_vm_process_that_dies_fails_the_sandbox() {
     let vmm = std::process::Command::new("sleep").arg("60").spawn().unwrap();
