@@ -56,6 +56,14 @@ impl Backend {
         }
     }
 
+    /// What the runtime's errors call the VMM ("hull-vmm", "qemu").
+    pub fn vmm_in_errors(self) -> &'static str {
+        match self {
+            Backend::HullVmm => "hull-vmm",
+            Backend::Qemu => "qemu",
+        }
+    }
+
     /// The sandbox processes that run in hull's jail (virtiofsd has its own sandbox).
     pub fn jailed_processes(self) -> &'static [&'static str] {
         match self {
