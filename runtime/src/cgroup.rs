@@ -77,11 +77,15 @@ impl Limits {
     }
 }
 
+/// The parent of the cgroups hull names itself (`hull/<id>`). Sandboxes share it, so it is
+/// made by whichever comes first and removed by whichever leaves it empty.
+const DEFAULT_PARENT: &str = "hull";
+
 /// `linux.cgroupsPath` as a path below each hierarchy's root. systemd's `slice:prefix:name`
 /// becomes `slice-expanded/prefix-name.scope`, as runc's systemd driver names it.
 pub fn relative_path(spec_path: Option<&str>, id: &str) -> Result<PathBuf> {
     let raw = match spec_path {
-        None | Some("") => return Ok(PathBuf::from("hull").join(id)),
+        None | Some("") => return Ok(PathBuf::from(DEFAULT_PARENT).join(id)),
         Some(p) => p,
     };
     let path = match raw.split(':').collect::<Vec<_>>()[..] {
@@ -137,6 +141,8 @@ pub struct HostCgroup {
     dirs: Vec<PathBuf>,
     /// Directories created here, innermost first, to remove again.
     created: Vec<PathBuf>,
+    /// In hull's own shared parent (`hull/<id>`), which the last sandbox to leave removes.
+    in_default_parent: bool,
 }
 
 impl HostCgroup {
@@ -151,7 +157,8 @@ impl HostCgroup {
             Layout::V2 => vec![root.to_path_buf()],
             Layout::V1 => V1_CONTROLLERS.iter().map(|c| root.join(c)).filter(|d| d.is_dir()).collect(),
         };
-        let mut cg = HostCgroup { layout, dirs: Vec::new(), created: Vec::new() };
+        let in_default_parent = in_default_parent(relative);
+        let mut cg = HostCgroup { layout, dirs: Vec::new(), created: Vec::new(), in_default_parent };
         let result = (|| {
             for base in &bases {
                 let mut at = base.clone();
@@ -161,10 +168,22 @@ impl HostCgroup {
                         let _ = fs::write(at.join("cgroup.subtree_control"), "+memory +cpu +pids");
                     }
                     at.push(part);
-                    match fs::create_dir(&at) {
-                        Ok(()) => cg.created.insert(0, at.clone()),
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                        Err(e) => return Err(io(&at)(e)),
+                    // A sandbox leaving may remove the shared parent between our mkdirs.
+                    let mut tries = 0;
+                    loop {
+                        match fs::create_dir(&at) {
+                            Ok(()) => cg.created.insert(0, at.clone()),
+                            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 5 => {
+                                tries += 1;
+                                if let Some(parent) = at.parent() {
+                                    let _ = fs::create_dir(parent);
+                                }
+                                continue;
+                            }
+                            Err(e) => return Err(io(&at)(e)),
+                        }
+                        break;
                     }
                 }
                 cg.dirs.push(at);
@@ -257,6 +276,9 @@ impl HostCgroup {
         for dir in std::mem::take(&mut self.created) {
             remove_dir(&dir);
         }
+        if self.in_default_parent {
+            self.dirs.iter().for_each(|dir| remove_default_parent(dir));
+        }
     }
 }
 
@@ -282,8 +304,20 @@ fn remove_dir(dir: &Path) {
     tracing::warn!("cgroup {} still busy; left in place", dir.display());
 }
 
+fn in_default_parent(relative: &Path) -> bool {
+    relative.strip_prefix("/").unwrap_or(relative).parent() == Some(Path::new(DEFAULT_PARENT))
+}
+
+/// The shared [`DEFAULT_PARENT`] of `leaf`, once no sandbox is left in it: whichever sandbox
+/// created it, the last one to leave removes it (rmdir fails while another is inside).
+fn remove_default_parent(leaf: &Path) {
+    if let Some(parent) = leaf.parent() {
+        let _ = fs::remove_dir(parent);
+    }
+}
+
 /// Remove the cgroup at `relative` in every hierarchy, if it is empty (for `hull delete` after
-/// a supervisor died). Its parents stay.
+/// a supervisor died). Its parents stay, but for hull's own shared parent once empty.
 pub fn remove_path(relative: &Path) {
     let root = Path::new(ROOT);
     let dirs: Vec<PathBuf> = match layout(root) {
@@ -293,6 +327,9 @@ pub fn remove_path(relative: &Path) {
     };
     for dir in dirs {
         remove_dir(&dir);
+        if in_default_parent(relative) {
+            remove_default_parent(&dir);
+        }
     }
 }
 
@@ -380,6 +417,26 @@ mod tests {
         cg.remove();
         assert!(!root.join("pids/existing/sb").exists() && !root.join("cpu/existing/sb").exists());
         assert!(root.join("pids/existing").is_dir(), "a parent the caller made was removed");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Two sandboxes in hull's own parent, the first to come leaving first: the parent goes
+    /// with the last one, whichever made it.
+    #[test]
+    fn the_default_parent_goes_with_the_last_sandbox_in_it() {
+        let root = std::env::temp_dir().join(format!("hull-cgroup-parent-{}", std::process::id()));
+        for c in V1_CONTROLLERS {
+            fs::create_dir_all(root.join(c)).unwrap();
+        }
+        let (a, b) = (relative_path(None, "a").unwrap(), relative_path(None, "b").unwrap());
+        let mut first = HostCgroup::create_under(&root, &a, &Limits::default()).unwrap();
+        let mut second = HostCgroup::create_under(&root, &b, &Limits::default()).unwrap();
+        first.remove();
+        assert!(root.join("memory/hull/b").is_dir());
+        second.remove();
+        for c in V1_CONTROLLERS {
+            assert!(!root.join(c).join("hull").exists(), "{c}/hull is left");
+        }
         fs::remove_dir_all(&root).unwrap();
     }
 }

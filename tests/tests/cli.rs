@@ -187,6 +187,11 @@ fn twenty_parallel_creates_all_succeed_and_racing_verbs_never_corrupt_state() {
     });
     let _ = env.hull_out(&["delete", "--force", "p0"]);
     env.assert_clean();
+    // The host cgroups' shared parent (`hull/`, made by whichever sandbox came first) goes
+    // with the last of them, whatever order they left in.
+    for parent in ["/sys/fs/cgroup/memory/hull", "/sys/fs/cgroup/hull"] {
+        assert!(!std::path::Path::new(parent).exists(), "{parent} is left behind");
+    }
 }
 
 #[test]
