@@ -82,6 +82,20 @@ pub fn run(hooks: Option<&Hooks>, point: Point, state: &State) -> Result<(), Hoo
     Ok(())
 }
 
+/// Run the hooks of `point` (poststart, poststop) all in order, whatever each does: a failure
+/// is a warning and the rest still run (runtime-spec 1.2: "the remaining hooks and lifecycle
+/// continue as if the hook had succeeded").
+pub fn run_warning(hooks: Option<&Hooks>, point: Point, state: &State) {
+    let Some(hooks) = hooks else { return };
+    let input = serde_json::to_vec(state).expect("a state serializes");
+    for (index, hook) in point.hooks(hooks).iter().enumerate() {
+        if let Err(failure) = run_one(hook, &input) {
+            let e = HookError { point: point.name(), index, path: hook.path().clone(), failure };
+            tracing::warn!("{e}");
+        }
+    }
+}
+
 fn run_one(hook: &Hook, input: &[u8]) -> Result<(), Failure> {
     let mut cmd = Command::new(hook.path());
     if let Some(args) = hook.args() {
@@ -130,4 +144,49 @@ fn run_one(hook: &Hook, input: &[u8]) -> Result<(), Failure> {
         return Err(Failure::Status { status: crate::process::describe(status), stderr: stderr.trim().to_string() });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Status;
+
+    fn hook(script: &str) -> Hook {
+        serde_json::from_value(serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", script]})).unwrap()
+    }
+
+    fn state() -> State {
+        State {
+            oci_version: "1.2.0".into(),
+            id: "c1".into(),
+            status: Status::Stopped,
+            pid: None,
+            supervisor_start: None,
+            bundle: "/nonexistent".into(),
+            annotations: Default::default(),
+            created: String::new(),
+            exit_status: None,
+            network: None,
+            cgroup: None,
+        }
+    }
+
+    #[test]
+    fn a_failing_post_hook_does_not_stop_the_ones_after_it() {
+        let dir = std::env::temp_dir().join(format!("hull-hooks-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mark = dir.join("second-ran");
+        let mut hooks = Hooks::default();
+        hooks.set_poststop(Some(vec![hook("exit 1"), hook(&format!("read -r s; echo \"$s\" > {}", mark.display()))]));
+        run_warning(Some(&hooks), Point::Poststop, &state());
+        let seen: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&mark).unwrap()).unwrap();
+        assert_eq!(seen["status"], "stopped");
+        // `run` (prestart, createRuntime) stops at the first failure and names it.
+        let mark2 = dir.join("not-run");
+        hooks.set_prestart(Some(vec![hook("echo broke >&2; exit 3"), hook(&format!("touch {}", mark2.display()))]));
+        let e = run(Some(&hooks), Point::Prestart, &state()).unwrap_err();
+        assert!(e.to_string().contains("prestart hook #0") && e.to_string().contains("broke"), "{e}");
+        assert!(!mark2.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

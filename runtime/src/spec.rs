@@ -39,6 +39,7 @@ pub fn for_guest(raw: &Value, container_id: &str, binds: &[crate::bundle::BindMo
         spec["linux"] = json!({});
     }
     spec["linux"]["cgroupsPath"] = json!(format!("/hull/{container_id}"));
+    own_cgroup_view(&mut spec);
     // A named network namespace is mirrored in the guest (its NICs are the veths' twins, in
     // the agent's sandbox namespace), so the container joins that one instead of making a
     // new one.
@@ -48,6 +49,47 @@ pub fn for_guest(raw: &Value, container_id: &str, binds: &[crate::bundle::BindMo
         }
     }
     spec
+}
+
+/// Every container sees its own cgroup at `/sys/fs/cgroup`, as on a cgroup v2 host with runc:
+/// its own cgroup namespace and a cgroup2 mount there. The guest is cgroup v2 whatever the host
+/// runs, and an engine on a v1 host (podman's default there is the host's cgroup namespace)
+/// would otherwise show the guest's root, where `memory.max` and `pids.max` do not exist. A
+/// namespace the container is told to join (a pod member's) is left as it is.
+fn own_cgroup_view(spec: &mut Value) {
+    let namespaces = &mut spec["linux"]["namespaces"];
+    if !namespaces.is_array() {
+        *namespaces = json!([]);
+    }
+    let namespaces = namespaces.as_array_mut().expect("an array now");
+    if !namespaces.iter().any(|ns| ns["type"] == "cgroup") {
+        namespaces.push(json!({"type": "cgroup"}));
+    }
+    if !spec["mounts"].is_array() {
+        spec["mounts"] = json!([]);
+    }
+    let mounts = spec["mounts"].as_array_mut().expect("an array now");
+    let at_cgroup = |m: &Value| m["destination"].as_str().map(|d| d.trim_end_matches('/')) == Some("/sys/fs/cgroup");
+    match mounts.iter_mut().find(|m| at_cgroup(m)) {
+        Some(mount) => {
+            // A bind of the host's hierarchy (or v1 controller mounts below it) means nothing
+            // in the guest: the guest's own cgroup2 takes its place, with the mount's flags.
+            mount["type"] = json!("cgroup");
+            mount["source"] = json!("cgroup");
+            if let Some(options) = mount["options"].as_array_mut() {
+                options.retain(|o| o != "bind" && o != "rbind");
+            }
+        }
+        None => {
+            let cgroup = json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]});
+            // After /sys, which it sits on.
+            let at = mounts.iter().position(|m| m["destination"] == "/sys").map_or(mounts.len(), |i| i + 1);
+            mounts.insert(at, cgroup);
+        }
+    }
+    // v1 controller mounts below it (an engine's v1 layout) would land on the cgroup2 mount.
+    mounts.retain(|m| !m["destination"].as_str().is_some_and(|d| d.starts_with("/sys/fs/cgroup/")));
 }
 
 /// Point a pod member's namespace paths (CRI gives `/proc/<sandbox pid>/ns/<kind>`, host
@@ -151,10 +193,41 @@ mod tests {
         let named = json!({"root": {"path": "r"}, "linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}, {"type": "pid"}]}});
         assert_eq!(
             for_guest(&named, "c", &[])["linux"]["namespaces"],
-            json!([{"type": "network", "path": "/run/hull/netns/sandbox"}, {"type": "pid"}])
+            json!([{"type": "network", "path": "/run/hull/netns/sandbox"}, {"type": "pid"}, {"type": "cgroup"}])
         );
         let fresh = json!({"root": {"path": "r"}, "linux": {"namespaces": [{"type": "network"}]}});
-        assert_eq!(for_guest(&fresh, "c", &[])["linux"]["namespaces"], json!([{"type": "network"}]));
+        assert_eq!(
+            for_guest(&fresh, "c", &[])["linux"]["namespaces"],
+            json!([{"type": "network"}, {"type": "cgroup"}])
+        );
+    }
+
+    #[test]
+    fn every_container_gets_its_own_cgroup_namespace_and_cgroup2_mount() {
+        // podman on a cgroup v1 host: the host's cgroup namespace, v1-style controller mounts.
+        let v1 = json!({"root": {"path": "r"}, "linux": {"namespaces": [{"type": "pid"}]}, "mounts": [
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs"},
+            {"destination": "/sys/fs/cgroup", "type": "bind", "source": "/sys/fs/cgroup", "options": ["rbind", "ro"]},
+            {"destination": "/sys/fs/cgroup/memory", "type": "bind", "source": "/sys/fs/cgroup/memory"},
+            {"destination": "/proc", "type": "proc", "source": "proc"}
+        ]});
+        let g = for_guest(&v1, "c", &[]);
+        assert_eq!(g["linux"]["namespaces"], json!([{"type": "pid"}, {"type": "cgroup"}]));
+        let mounts = g["mounts"].as_array().unwrap();
+        let dests: Vec<&str> = mounts.iter().map(|m| m["destination"].as_str().unwrap()).collect();
+        assert_eq!(dests, ["/sys", "/sys/fs/cgroup", "/proc"]);
+        assert_eq!(
+            mounts[1],
+            json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro"]})
+        );
+        // No mount at all: one is added after /sys; a namespace to join is kept.
+        let bare = json!({"root": {"path": "r"}, "linux": {"namespaces": [{"type": "cgroup", "path": "/proc/9/ns/cgroup"}]},
+            "mounts": [{"destination": "/sys", "type": "sysfs", "source": "sysfs"}, {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"}]});
+        let g = for_guest(&bare, "c", &[]);
+        assert_eq!(g["linux"]["namespaces"], json!([{"type": "cgroup", "path": "/proc/9/ns/cgroup"}]));
+        assert_eq!(g["mounts"][1]["destination"], "/sys/fs/cgroup");
+        assert_eq!(g["mounts"][1]["type"], "cgroup");
+        assert_eq!(g["mounts"][2]["destination"], "/dev");
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub fn run(cli: &Cli, id: &str, force: bool) -> Result<i32> {
     let _lock = dir.lock_existing()?;
     let state = dir.read()?;
     match state.effective_status() {
+        // Stopped, but its supervisor may still be tearing the VM down: wait for that.
+        Status::Stopped if state.supervisor_alive() => destroy(&dir, &state)?,
         Status::Stopped => {}
         Status::Creating => bail!("container {id} is still being created; try again once `create` has returned"),
         Status::Created => destroy(&dir, &state)?,
@@ -45,9 +47,7 @@ pub fn run_poststop(state: &State) {
         .and_then(|s| s.hooks().clone());
     let mut stopped = state.clone();
     stopped.status = Status::Stopped;
-    if let Err(e) = hull::hooks::run(hooks.as_ref(), hull::hooks::Point::Poststop, &stopped) {
-        tracing::warn!("{e}");
-    }
+    hull::hooks::run_warning(hooks.as_ref(), hull::hooks::Point::Poststop, &stopped);
 }
 
 /// Tell the supervisor to stop the container and its VM, and wait for it to be gone.

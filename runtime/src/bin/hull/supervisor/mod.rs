@@ -159,8 +159,14 @@ impl Supervisor {
             if let Some(ends) = io {
                 shared.pod.create_container(&shared.id, bundle, Some(ends))?;
             }
+            // The container exists in the guest now: prestart hooks are told `created`, which
+            // runtime-tools' hook test expects; createRuntime is told `creating`, as runc does.
             let state = shared.state();
-            hooks::run(shared.hooks.as_ref(), hooks::Point::Prestart, &state)?;
+            hooks::run(
+                shared.hooks.as_ref(),
+                hooks::Point::Prestart,
+                &State { status: Status::Created, ..state.clone() },
+            )?;
             hooks::run(shared.hooks.as_ref(), hooks::Point::CreateRuntime, &state)?;
             sup.spawn_signal_forwarder(signals)?;
             control::serve(&shared.dir.control_socket(), shared.clone())?;
@@ -244,9 +250,7 @@ impl Shared {
         self.pod.start(&self.id, None)?;
         self.set_status(Status::Running).map_err(internal)?;
         // A failing poststart hook is logged; the container keeps running (runtime-spec).
-        if let Err(e) = hooks::run(self.hooks.as_ref(), hooks::Point::Poststart, &self.state()) {
-            tracing::warn!("{e}");
-        }
+        hooks::run_warning(self.hooks.as_ref(), hooks::Point::Poststart, &self.state());
         Ok(())
     }
 
@@ -327,6 +331,17 @@ impl Shared {
     }
 
     fn finish(&self, status: i32) -> i32 {
+        // The exit is recorded before the VM is torn down (which takes a while): `state` says
+        // `stopped` as soon as the init has gone, as runc's does; `delete` waits for this
+        // process to finish the tear-down.
+        {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.status = Status::Stopped;
+            state.exit_status = Some(status);
+            if let Err(e) = self.dir.write(&state) {
+                tracing::warn!("recording the exit: {e}");
+            }
+        }
         self.pod.shutdown();
         // Let the answers in flight go out (they return quickly now that the pod is down): a
         // `hull start` whose container exited at once must still hear that it started.
@@ -342,12 +357,6 @@ impl Shared {
                 }
                 requests = self.idle.wait_timeout(requests, left).unwrap_or_else(|p| p.into_inner()).0;
             }
-        }
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.status = Status::Stopped;
-        state.exit_status = Some(status);
-        if let Err(e) = self.dir.write(&state) {
-            tracing::warn!("recording the exit: {e}");
         }
         let _ = std::fs::remove_file(self.dir.control_socket());
         status
