@@ -17,6 +17,7 @@ use nix::fcntl::OFlag;
 
 use crate::create_helper;
 use crate::guest_init::SHARE_DIR;
+use crate::propagation;
 use crate::reaper::Reaper;
 use crate::refusal;
 use crate::terminal::ConsoleSocket;
@@ -71,11 +72,13 @@ impl Registry {
         Ok(Registry { reaper, inner: Mutex::new(Inner::default()) })
     }
 
-    pub fn create(&self, id: &str, spec: serde_json::Value) -> Result<Spawned> {
+    pub fn create(&self, id: &str, mut spec: serde_json::Value) -> Result<Spawned> {
         validate_id(id).map_err(refusal::invalid)?;
         if self.inner.lock().unwrap().containers.contains(id) {
             return Err(refusal::already_exists(format!("container {id} already exists")));
         }
+        propagation::move_into_hook(&mut spec).map_err(|e| refusal::invalid(format!("{e:#}")))?;
+        propagation::mount_bind_sources(&spec, SHARE_DIR);
         let spec: Spec =
             serde_json::from_value(spec).map_err(|e| refusal::invalid(format!("invalid container spec: {e}")))?;
         let root = spec.root().as_ref().ok_or_else(|| refusal::invalid("spec has no root"))?.path();

@@ -39,6 +39,11 @@ pub fn prepare() -> Result<()> {
     mount_fs("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
     mount_fs(SHARE_TAG, SHARE_DIR, "virtiofs", MsFlags::empty(), None)
         .context("mounting the host share (virtio-fs)")?;
+    // Shared, as systemd leaves a host's mounts: a container's binds then start as slaves of
+    // their sources (runc's default on such a host), and its `shared`/`slave` options have a
+    // peer group to act on.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
+        .context("making the guest's mounts shared")?;
     // Containers get their own network namespaces; this only serves agent-side tools.
     bring_up_loopback();
     Ok(())

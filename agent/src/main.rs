@@ -18,6 +18,7 @@ mod guest_init;
 mod hostile;
 mod log;
 mod network;
+mod propagation;
 mod reaper;
 mod refusal;
 mod stdio;
@@ -30,6 +31,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(create_helper::ARG) {
         std::process::exit(create_helper::main(&args[2..]));
+    }
+    if args.get(1).map(String::as_str) == Some(propagation::ARG) {
+        std::process::exit(propagation::main(&args[2..]));
     }
     if std::process::id() != 1 {
         eprintln!("hull-agent: must run as PID 1 of a hull guest");

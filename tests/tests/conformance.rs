@@ -163,3 +163,46 @@ fn the_container_reads_its_own_limits_at_sys_fs_cgroup() {
     assert_eq!(text(&out.stdout), "0::/\n67108864\n50\n");
     env.assert_clean();
 }
+
+/// Propagation options on binds take effect in the container, as runc gives them on a host
+/// whose mounts are shared (systemd's default): `shared` makes the bind a peer group of its
+/// own, `slave` keeps it a slave of its source, `private` cuts it off, `unbindable` forbids
+/// binds of it; and `linux.rootfsPropagation` in the `r` form containerd writes is accepted.
+#[test]
+fn mount_propagation_options_apply_to_binds() {
+    let env = Env::new("conf-propagation");
+    let options = ["shared", "rshared", "slave", "rslave", "private", "rprivate", "unbindable", "runbindable"];
+    let source = env.dir.join("propagation-source");
+    std::fs::create_dir_all(&source).unwrap();
+    let script = "awk '$5 ~ /^\\/m\\// { f = \"\"; for (i = 7; $i != \"-\"; i++) f = f \" \" $i; print $5 \":\" f }' \
+                  /proc/self/mountinfo";
+    let b = env.bundle("b", &["sh", "-c", script]);
+    b.edit(|c| {
+        c["linux"]["rootfsPropagation"] = "rslave".into();
+        for option in options {
+            c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+                "destination": format!("/m/{option}"), "type": "bind",
+                "source": source.to_str().unwrap(), "options": ["rbind", option]}));
+        }
+    });
+    let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let fields = |option: &str| {
+        let prefix = format!("/m/{option}:");
+        let line = table.lines().find(|l| l.starts_with(&prefix));
+        line.unwrap_or_else(|| panic!("no mount at /m/{option} in the container:\n{table}"))[prefix.len()..].to_string()
+    };
+    for option in options {
+        let got = fields(option);
+        let ok = match option.trim_start_matches('r') {
+            "shared" => got.contains("shared:"),
+            "slave" => got.contains("master:") && !got.contains("shared:"),
+            "private" => got.trim().is_empty(),
+            "unbindable" => got.trim() == "unbindable",
+            _ => unreachable!(),
+        };
+        assert!(ok, "/m/{option} has propagation {got:?}:\n{table}");
+    }
+    env.assert_clean();
+}

@@ -63,9 +63,12 @@ fn the_control_socket_refuses_other_users() {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let script = "import socket,sys\n\
+    // The pause before sending makes the order certain: the refusal must still reach a client
+    // whose request arrives after the supervisor has decided (it used to close first: EPIPE).
+    let script = "import socket,sys,time\n\
                   s=socket.socket(socket.AF_UNIX)\n\
                   s.connect(sys.argv[1])\n\
+                  time.sleep(0.5)\n\
                   s.sendall(b'{\"op\":\"destroy\"}\\n')\n\
                   print(s.recv(4096).decode())";
     let out = Command::new("python3").args(["-c", script]).arg(&socket).uid(65534).gid(65534).output().unwrap();

@@ -11,7 +11,8 @@ pub fn run(cli: &Cli) -> Result<i32> {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",
         "hooks": [],
-        "mountOptions": ["ro", "rw", "nosuid", "nodev", "noexec", "bind", "rbind", "relatime", "strictatime"],
+        "mountOptions": ["ro", "rw", "nosuid", "nodev", "noexec", "bind", "rbind", "relatime", "strictatime",
+            "shared", "rshared", "slave", "rslave", "private", "rprivate", "unbindable", "runbindable"],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts", "user"],
             "capabilities": ALL_CAPABILITIES,

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 /// Largest request or reply line accepted (requests are tiny; `ps` replies are the largest).
 const MAX_LINE: u64 = 4 << 20;
 
+/// How long a refused client gets to send its request before it is told why.
+const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlRequest {
@@ -116,16 +119,29 @@ pub fn serve(path: &Path, handler: Arc<dyn Handler>) -> Result<()> {
         for conn in listener.incoming().flatten() {
             let handler = handler.clone();
             let _ = std::thread::Builder::new().name("control-conn".into()).spawn(move || {
-                if let Err(why) = peer_allowed(&conn) {
-                    tracing::warn!("control socket: {why}");
-                    return write_reply(conn, &ControlReply::failed(ErrorKind::FailedPrecondition, why));
+                let refusal = match peer_allowed(&conn) {
+                    Err(why) => {
+                        tracing::warn!("control socket: {why}");
+                        Some(ControlReply::failed(ErrorKind::FailedPrecondition, why))
+                    }
+                    Ok(()) if !handler.begin() => {
+                        Some(ControlReply::failed(ErrorKind::FailedPrecondition, "the container has stopped"))
+                    }
+                    Ok(()) => None,
+                };
+                match refusal {
+                    Some(reply) => {
+                        // The request is read (and dropped) first: a refusal written and closed
+                        // before the request arrives meets the client's write with EPIPE, and
+                        // the client never learns why it was refused.
+                        let _ = read_request(&conn, REFUSAL_READ_TIMEOUT);
+                        write_reply(conn, &reply);
+                    }
+                    None => {
+                        answer(conn, &*handler);
+                        handler.end();
+                    }
                 }
-                if !handler.begin() {
-                    let stopped = ControlReply::failed(ErrorKind::FailedPrecondition, "the container has stopped");
-                    return write_reply(conn, &stopped);
-                }
-                answer(conn, &*handler);
-                handler.end();
             });
         }
     })?;
@@ -146,16 +162,21 @@ fn peer_allowed(conn: &UnixStream) -> Result<(), String> {
 }
 
 fn answer(conn: UnixStream, handler: &dyn Handler) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut line = String::new();
-    let reply = match BufReader::new((&conn).take(MAX_LINE)).read_line(&mut line) {
-        Err(e) => ControlReply::failed(ErrorKind::InvalidArgument, format!("reading request: {e}")),
-        Ok(_) => match serde_json::from_str::<ControlRequest>(&line) {
-            Err(e) => ControlReply::failed(ErrorKind::InvalidArgument, format!("malformed request: {e}")),
-            Ok(req) => handler.handle(req),
-        },
+    let reply = match read_request(&conn, Duration::from_secs(10)) {
+        Ok(req) => handler.handle(req),
+        Err(why) => ControlReply::failed(ErrorKind::InvalidArgument, why),
     };
     write_reply(conn, &reply);
+}
+
+/// Read one request line (at most `MAX_LINE` bytes, within `timeout`).
+fn read_request(conn: &UnixStream, timeout: Duration) -> Result<ControlRequest, String> {
+    let _ = conn.set_read_timeout(Some(timeout));
+    let mut line = String::new();
+    match BufReader::new(conn.take(MAX_LINE)).read_line(&mut line) {
+        Err(e) => Err(format!("reading request: {e}")),
+        Ok(_) => serde_json::from_str::<ControlRequest>(&line).map_err(|e| format!("malformed request: {e}")),
+    }
 }
 
 fn write_reply(mut conn: UnixStream, reply: &ControlReply) {
