@@ -51,10 +51,13 @@ fn parse(option: &str) -> Option<Propagation> {
 pub fn move_into_hook(spec: &mut Value) -> Result<()> {
     if let Some(root) = spec.pointer_mut("/linux/rootfsPropagation") {
         let given = root.as_str().unwrap_or_default().to_string();
-        let plain = given.strip_prefix('r').filter(|p| parse(p).is_some()).unwrap_or(&given).to_string();
-        if parse(&plain).is_none() {
-            bail!("linux.rootfsPropagation {given:?} is none of shared, slave, private, unbindable (or their r forms)");
-        }
+        let plain = match parse(&given) {
+            Some(p) if p.recursive => &given[1..],
+            Some(_) => &given,
+            None => bail!(
+                "linux.rootfsPropagation {given:?} is none of shared, slave, private, unbindable (or their r forms)"
+            ),
+        };
         *root = json!(plain);
     }
     let rootfs = spec.pointer("/root/path").and_then(Value::as_str).unwrap_or_default().to_string();
