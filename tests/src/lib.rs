@@ -14,6 +14,7 @@ use serde_json::Value;
 pub mod console;
 pub mod containerd;
 pub mod cri;
+pub mod oci_image;
 pub mod vmm;
 
 /// The initramfs with the test-only hostile agent (`make initramfs-hostile`, which `make test`

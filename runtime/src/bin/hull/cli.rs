@@ -170,6 +170,23 @@ pub enum Command {
         #[arg(short, long, default_value = ".")]
         bundle: PathBuf,
     },
+    /// Unpack an OCI image layout (a directory or a tar of one) into a new bundle.
+    Unpack {
+        /// The image layout, with `:REF` to choose its `org.opencontainers.image.ref.name`.
+        #[arg(long, value_name = "DIR[:REF]")]
+        image: String,
+        /// The platform to choose from a multi-platform index.
+        #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
+        platform: String,
+        /// Refuse an image whose layers unpack to more than this many bytes (default 8 GiB).
+        #[arg(long, value_name = "BYTES")]
+        max_size: Option<u64>,
+        /// The bundle to make: absent, or an empty directory.
+        bundle: PathBuf,
+        /// Replaces the image's Cmd (its Entrypoint stays).
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
     /// Not supported: a container's memory lives in its VM.
     Checkpoint {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

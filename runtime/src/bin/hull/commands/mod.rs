@@ -17,6 +17,7 @@ mod spec;
 mod start;
 mod state;
 mod supervise;
+mod unpack;
 mod update;
 
 use std::time::Duration;
@@ -62,6 +63,9 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Update(args) => update::run(cli, args),
         Command::Features => features::run(cli),
         Command::Spec { bundle } => spec::run(bundle),
+        Command::Unpack { image, platform, max_size, bundle, args } => {
+            unpack::run(image, platform, *max_size, bundle, args)
+        }
         Command::Checkpoint { .. } | Command::Restore { .. } => checkpoint::refuse(),
         Command::Supervise { bundle, ready_fd, console_socket, id } => {
             Ok(supervise::run(cli, &config, bundle, *ready_fd, console_socket.as_deref(), id))
