@@ -170,9 +170,11 @@ impl Applier {
                 continue;
             }
             let here = path.last().expect("the rootfs is never popped");
+            let mut made = false;
             match mode_of(here, &name)? {
                 None => match mkdirat(here, name.as_os_str(), Mode::from_bits_truncate(0o755)) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Ok(()) => made = true,
+                    Err(Errno::EEXIST) => {}
                     Err(e) => return Err(errno(&format!("mkdir {}", rel.display()), e)),
                 },
                 Some(SFlag::S_IFLNK) => {
@@ -200,6 +202,10 @@ impl Applier {
                 Mode::empty(),
             )
             .map_err(|e| errno(&rel.display().to_string(), e))?;
+            if made {
+                // A parent no entry describes gets 0755 (as under Docker), whatever the umask.
+                nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o755)).map_err(|e| errno("chmod", e))?;
+            }
             path.push(fd);
         }
         Ok(path.pop().expect("the rootfs is never popped"))

@@ -124,6 +124,8 @@ fn unpack_into(
         Mode::empty(),
     )
     .map_err(|e| ImageError::io("rootfs", e.into()))?;
+    // Not left to the umask: a non-root user in the container must be able to reach `/`.
+    nix::sys::stat::fchmod(&rootfs, Mode::from_bits_truncate(0o755)).map_err(|e| ImageError::io("rootfs", e.into()))?;
     let mut applier = Applier::new(rootfs.try_clone().map_err(|e| ImageError::io("rootfs", e))?, opts.limits);
     let mut unpacked: u64 = 0;
     let count = manifest.layers().len();

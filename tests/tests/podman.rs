@@ -225,3 +225,42 @@ fn podman_memory_limit_holds_the_whole_vm_on_the_host() {
     assert!(out.status.success(), "rm: {}", text(&out.stderr));
     p.env.assert_clean();
 }
+
+/// `podman save --format oci-archive` writes an OCI layout as a tar: `hull unpack` takes it
+/// (without a reference, and by the tag podman gave it), and the bundle runs with the
+/// config podman wrote.
+#[test]
+fn an_image_saved_by_podman_unpacks_and_runs() {
+    let p = Podman::new("podman-save");
+    let image = "localhost/hull-e2e-saved:v1";
+    // The busybox rootfs of Podman::new, with a config podman writes from --change.
+    let tar = p.env.dir.join("rootfs.tar");
+    let out = Command::new("podman")
+        .args(["import", "--change", "ENTRYPOINT [\"/bin/sh\", \"-c\"]"])
+        .args(["--change", "CMD [\"echo $GREETING from $(pwd)\"]", "--change", "ENV GREETING=saved"])
+        .args(["--change", "WORKDIR /tmp"])
+        .arg(&tar)
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "podman import: {}", text(&out.stderr));
+    let archive = p.env.dir.join("saved.tar");
+    let out = Command::new("podman")
+        .args(["save", "--format", "oci-archive", "-o"])
+        .arg(&archive)
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "podman save: {}", text(&out.stderr));
+    let _ = Command::new("podman").args(["rmi", image]).output();
+
+    for (i, source) in [archive.display().to_string(), format!("{}:v1", archive.display())].iter().enumerate() {
+        let bundle = p.env.dir.join(format!("bundle{i}"));
+        let out = p.env.hull_out(&["unpack", "--image", source, bundle.to_str().unwrap()]);
+        assert!(out.status.success(), "hull unpack {source}: {}", text(&out.stderr));
+        let out = p.env.hull_out(&["run", "--bundle", bundle.to_str().unwrap(), &format!("saved{i}")]);
+        assert!(out.status.success(), "hull run: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "saved from /tmp\n");
+    }
+    p.env.assert_clean();
+}

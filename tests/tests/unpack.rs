@@ -3,6 +3,7 @@
 //! and leave a canary directory next to the bundle exactly as it was.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -47,6 +48,7 @@ fn three_layers() -> Vec<(Vec<u8>, Compression)> {
         .dir("opt/sub", 0o755)
         .file("opt/sub/f", b"f\n", 0o644)
         .file("etc/.wh.link", b"", 0o644)
+        .file("usr/lib/implicit", b"i\n", 0o644)
         .bytes();
     vec![(base, Compression::None), (second, Compression::Gzip), (third, Compression::Zstd)]
 }
@@ -61,6 +63,10 @@ fn expected_tree() -> Vec<String> {
         format!("opt/new 644 0:0 file {} links 1", short(b"new\n")),
         "opt/sub 755 0:0 dir".to_string(),
         format!("opt/sub/f 644 0:0 file {} links 1", short(b"f\n")),
+        // Parents no entry describes are 0755, whatever hull's own umask (077).
+        "usr 755 0:0 dir".to_string(),
+        "usr/lib 755 0:0 dir".to_string(),
+        format!("usr/lib/implicit 644 0:0 file {} links 1", short(b"i\n")),
     ];
     lines.sort();
     lines
@@ -87,6 +93,8 @@ fn three_layers_with_whiteouts_give_exactly_the_final_tree_from_a_directory_or_a
         assert!(out.status.success(), "hull unpack {image}: {}", text(&out.stderr));
         assert!(text(&out.stderr).contains("layer 3/3"), "progress per layer: {}", text(&out.stderr));
         assert_eq!(tree_listing(&bundle.join("rootfs")), expected_tree(), "the rootfs of {image}");
+        let mode = fs::metadata(bundle.join("rootfs")).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755, "the rootfs is reachable by every user of the container");
         let config: Value = serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
         assert_eq!(config["process"]["args"], json!(["/bin/server", "--port", "8000"]));
         assert_eq!(config["process"]["cwd"], "/opt");
@@ -432,4 +440,45 @@ fn the_bundle_must_be_new_and_is_left_alone_otherwise() {
     let out = unpack(&bad.env, &format!("{}:latest", bad.layout.dir.display()), &h.bundle(), &[]);
     assert!(!out.status.success());
     assert!(h.bundle().is_dir() && fs::read_dir(h.bundle()).unwrap().count() == 0);
+}
+
+/// In a VM: an unpacked image's Entrypoint, Cmd, Env, WorkingDir and User (by name, with
+/// its supplementary groups) are what the container's process gets; the bundle is an
+/// ordinary one (`hull run` takes it as it is).
+#[test]
+fn an_unpacked_image_runs_with_its_entrypoint_cmd_env_workdir_and_user() {
+    let env = Env::new("unpack-run");
+    let busybox = env.bundle("busybox", &["true"]);
+    let users = Tar::new()
+        .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\napp:x:1234:2345::/home/app:/bin/sh\n", 0o644)
+        .file("etc/group", b"root:x:0:\napp:x:2345:\nextra:x:3456:root,app\nother:x:4567:root\n", 0o644)
+        .raw(tar::EntryType::Directory, "work", "", 0o755, (1234, 2345), b"")
+        .bytes();
+    let mut layout = Layout::new(&env.dir.join("image"));
+    layout.image(
+        "latest",
+        &[(Tar::new().tree(&busybox.rootfs()).bytes(), Compression::Gzip), (users, Compression::Zstd)],
+        json!({
+            "Entrypoint": ["/bin/sh", "-c", "echo \"$0|$1|$GREETING|$(pwd)|$(id -u):$(id -g)|$(id -G)\""],
+            "Cmd": ["from-cmd", "second"],
+            "Env": ["PATH=/bin", "GREETING=hello from the image"],
+            "WorkingDir": "/work",
+            "User": "app",
+        }),
+    );
+    let bundle = env.dir.join("bundle");
+    let out = unpack(&env, layout.dir.to_str().unwrap(), &bundle, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = env.hull_out(&["run", "--bundle", bundle.to_str().unwrap(), "image1"]);
+    assert!(out.status.success(), "hull run: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from-cmd|second|hello from the image|/work|1234:2345|2345 3456\n");
+
+    // `-- ARGS` replaces the Cmd.
+    let bundle = env.dir.join("override");
+    let out = unpack(&env, layout.dir.to_str().unwrap(), &bundle, &["--", "from-args"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = env.hull_out(&["run", "--bundle", bundle.to_str().unwrap(), "image2"]);
+    assert!(out.status.success(), "hull run: {}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("from-args||hello from the image|/work|"), "{}", text(&out.stdout));
+    env.assert_clean();
 }
