@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The seed demo, with a VM inside: an HTTP server answering GET /hello with "hello world",
-# run by hull in a microVM attached to a network namespace wired like runc's classic demo
-# (bridge 10.200.0.1/24, veth pair, the container's eth0 at 10.200.0.2), then curl'd from
-# the host. Everything it creates is removed on exit. Run as root.
+# The seed demo, with a VM inside, on the articles' whole path: an OCI image layout of an
+# HTTP server answering GET /hello with "hello world" (two layers and a config with
+# Entrypoint, Env and ExposedPorts), unpacked into a bundle by `hull unpack`, run by hull in
+# a microVM attached to a network namespace wired like runc's classic demo (bridge
+# 10.200.0.1/24, veth pair, the container's eth0 at 10.200.0.2), then curl'd from the host. Everything it creates is removed on exit. Run as root.
 set -euo pipefail
 
 HULL=${HULL:-hull}
@@ -24,18 +25,24 @@ cleanup  # a previous run interrupted hard may have left these
 
 step() { echo "demo: $*"; }
 
-step "building an OCI bundle of a tiny HTTP server (busybox httpd)"
-rootfs=$work/bundle/rootfs
-mkdir -p "$rootfs"/{bin,proc,sys,dev,tmp,etc,www}
-cp /bin/busybox "$rootfs/bin/busybox"
-for applet in sh httpd; do ln -s busybox "$rootfs/bin/$applet"; done
-echo "hello world" > "$rootfs/www/hello"
-(cd "$work/bundle" && "$HULL" spec)
+step "building an OCI image layout of a tiny HTTP server (busybox httpd): a base layer, then the page"
+layers=$work/layers
+mkdir -p "$layers"/base/{bin,proc,sys,dev,tmp,etc} "$layers/app/www"
+cp /bin/busybox "$layers/base/bin/busybox"
+for applet in sh httpd; do ln -s busybox "$layers/base/bin/$applet"; done
+echo "hello world" > "$layers/app/www/hello"
+python3 "$(dirname "$0")/oci-image.py" --out "$work/image" --ref v0 --layer "$layers/base" --layer "$layers/app" \
+  --config '{"Entrypoint": ["httpd", "-f"], "Cmd": ["-p", "8000", "-h", "/www"], "Env": ["PATH=/bin"],
+             "WorkingDir": "/www", "ExposedPorts": {"8000/tcp": {}}}'
+python3 -m json.tool "$work/image/index.json" | grep -E '"(digest|org.opencontainers.image.ref.name)"'
+
+step "hull unpack --image $work/image:v0 (the articles' oci-image-tool unpack, and config.json from the image config)"
+"$HULL" unpack --image "$work/image:v0" "$work/bundle"
 python3 - "$work/bundle/config.json" "$NS" <<'PY'
 import json, sys
 path, ns = sys.argv[1], sys.argv[2]
 c = json.load(open(path))
-c["process"]["args"] = ["httpd", "-f", "-p", "8000", "-h", "/www"]
+print("demo: process.args from the image:", " ".join(c["process"]["args"]))
 c["hostname"] = "hull-demo"
 for n in c["linux"]["namespaces"]:
     if n["type"] == "network":
