@@ -163,6 +163,52 @@ else
 | \`hull run\` on hull-vmm, start → agent ready | not measured: no hardware KVM here (PVM cannot boot Linux) |"
 fi
 
+# Image unpack: a 100 MiB (uncompressed) three-layer gzip image, the third layer deleting
+# files of the first (whiteouts) and replacing a directory (opaque), by hull and by umoci, each
+# into a fresh bundle, interleaved.
+echo "bench: image unpack, hull vs umoci ($RUNS runs each, interleaved)" >&2
+img=$work/unpack-image
+python3 - "$work/unpack-layers" <<'PY'
+import os, random, sys
+top = sys.argv[1]
+rnd = random.Random(7)
+words = [bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(3, 9))) for _ in range(500)]
+def text(n):
+    out = bytearray()
+    while len(out) < n:
+        out += rnd.choice(words) + b" "
+    return bytes(out[:n])
+def write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "wb").write(data)
+for i in range(1500):  # layer 1: 1500 files of 32 KiB, half random, half text: 48 MiB
+    write(f"{top}/1/usr/share/d{i % 50}/f{i}", rnd.randbytes(32768) if i % 2 else text(32768))
+for i in range(20):    # layer 2: 20 files of 1.5 MiB: 30 MiB
+    write(f"{top}/2/opt/big/b{i}", rnd.randbytes(1536 * 1024) if i % 2 else text(1536 * 1024))
+for i in range(580):   # layer 3: 580 text files of 38 KiB (22 MiB), whiteouts, an opaque dir
+    write(f"{top}/3/srv/s{i % 20}/t{i}", text(38912))
+for i in range(0, 100, 2):
+    write(f"{top}/3/usr/share/d{i % 50}/.wh.f{i}", b"")
+write(f"{top}/3/usr/share/d7/.wh..wh..opq", b"")
+write(f"{top}/3/usr/share/d7/new", b"new")
+PY
+python3 "$here/scripts/oci-image.py" --out "$img" --ref bench --config '{"Cmd": ["/bin/sh"]}' \
+  --layer "$work/unpack-layers/1" --layer "$work/unpack-layers/2" --layer "$work/unpack-layers/3"
+rm -rf "$work/unpack-layers"
+image_mib=$(du -sm "$img/blobs" | cut -f1)
+hull_unpack=() umoci_unpack=()
+for _ in $(seq "$RUNS"); do
+  rm -rf "$work/u-hull" "$work/u-umoci"; sync
+  t0=$(now_ms); "$HULL" unpack --image "$img:bench" "$work/u-hull" 2>/dev/null; hull_unpack+=($(( $(now_ms) - t0 )))
+  t0=$(now_ms); umoci unpack --image "$img:bench" "$work/u-umoci" >/dev/null 2>&1; umoci_unpack+=($(( $(now_ms) - t0 )))
+done
+# The same tree from both (umoci keeps its own metadata files next to rootfs).
+if ! diff -r --no-dereference "$work/u-hull/rootfs" "$work/u-umoci/rootfs" >/dev/null; then
+  echo "bench: hull and umoci unpacked different trees" >&2; exit 1
+fi
+rm -rf "$work/u-hull" "$work/u-umoci"
+unpack_row="| unpack of a 100 MiB three-layer gzip image (${image_mib} MiB of blobs), hull / \`umoci unpack\` $(umoci --version | awk '{print $3}') | $(median "${hull_unpack[@]}") / $(median "${umoci_unpack[@]}") ms |"
+
 echo "bench: containerd (private instance): ctr run, CRI pods, pod memory" >&2
 containerd_rows=$(RUNS=$RUNS "$here/target/release/containerd-bench")
 
@@ -177,6 +223,7 @@ cat <<TABLE
 | host memory (PSS) of one idle sandbox: supervisor, QEMU, virtiofsd, vsock backend ($nprocs processes) | $((pss_kib / 1024)) MiB |
 | HTTP GET of a 32 MiB file, host → container (hull / runc, same netns setup) | ${hull_mbs} / ${runc_mbs} MB/s |
 | HTTP GET /hello latency, host → container (hull / runc, median of 20) | ${hull_lat} / ${runc_lat} ms |
+$unpack_row
 $vmm_rows
 $containerd_rows
 TABLE

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Short fuzzing runs of hull-vmm's guest-facing parsers (descriptor chains, vsock packets).
+# Short fuzzing runs of what reads hostile input on the host: hull-vmm's guest-facing parsers
+# (descriptor chains, vsock packets) and hull unpack's layer applier.
 # cargo-fuzz is installed into the tool cache outside the repo, like the other helpers. The
 # machine has a stable toolchain only; RUSTC_BOOTSTRAP lets it take the sanitizer flags.
 #
@@ -14,14 +15,15 @@ if [ ! -x "$root/bin/cargo-fuzz" ]; then
   cargo install --quiet --locked --root "$root.tmp" --version "$version" cargo-fuzz
   rm -rf "$root"; mv "$root.tmp" "$root"
 fi
-cd "$(dirname "$0")/../vmm"
+repo=$(cd "$(dirname "$0")/.." && pwd)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for target in virtqueue_chain vsock_packets; do
-  echo "fuzz: $target for ${seconds}s"
-  if ! RUSTC_BOOTSTRAP=1 "$root/bin/cargo-fuzz" run "$target" -- -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
+for spec in vmm:virtqueue_chain vmm:vsock_packets image:layer_apply; do
+  crate=${spec%%:*} target=${spec#*:}
+  echo "fuzz: $target ($crate/fuzz) for ${seconds}s"
+  if ! (cd "$repo/$crate" && RUSTC_BOOTSTRAP=1 "$root/bin/cargo-fuzz" run "$target" -- -max_total_time="$seconds" -print_final_stats=1) >"$log" 2>&1; then
     tail -40 "$log"
-    echo "fuzz: $target FAILED (crash inputs, if any, are in vmm/fuzz/artifacts/$target/)"
+    echo "fuzz: $target FAILED (crash inputs, if any, are in $crate/fuzz/artifacts/$target/)"
     exit 1
   fi
   runs=$(grep -oE "^stat::number_of_executed_units: *[0-9]+" "$log" | grep -oE "[0-9]+$")
