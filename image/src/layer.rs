@@ -12,10 +12,11 @@
 //! own) and listed in the report. The whole unpack is capped in entries and bytes, so a
 //! decompression bomb or an inode bomb stops with an error.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
+use std::ops::Bound;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -30,6 +31,7 @@ use nix::unistd::{fchown, fchownat, linkat, mkfifoat, symlinkat, Gid, Uid};
 use tar::EntryType;
 
 use crate::remove::{children, remove_all_at};
+use crate::tar_stream::{Extended, Names};
 use crate::ImageError;
 
 /// Caps on what one unpack may write.
@@ -48,6 +50,12 @@ impl Default for Limits {
     }
 }
 
+/// Bytes of entry names kept in memory over an unpack (for whiteouts and directory times).
+const MAX_NAME_BYTES: u64 = 128 << 20;
+
+/// Device nodes named one by one in the report; the rest are counted.
+pub const MAX_DEVICES_LISTED: usize = 100;
+
 /// Symlinks followed while making one entry's parent directories (the kernel's limit).
 const MAX_SYMLINKS: usize = 40;
 
@@ -63,6 +71,8 @@ pub struct Applier {
     limits: Limits,
     entries: u64,
     skipped_devices: Vec<String>,
+    devices: u64,
+    name_bytes: u64,
     /// Directories' mtimes, set once all layers are in (writing children changes them).
     dir_times: HashMap<PathBuf, i64>,
 }
@@ -108,6 +118,35 @@ fn check_symlink_target(at: &Path, target: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// An entry's name as its own header has it, for messages before its extension headers
+/// are applied.
+fn entry_name<R: Read>(entry: &tar::Entry<'_, R>) -> Vec<u8> {
+    entry.header().path_bytes().into_owned()
+}
+
+/// Whether this layer wrote `rel` or anything below it.
+fn written(this_layer: &BTreeSet<PathBuf>, rel: &Path) -> bool {
+    this_layer.range::<Path, _>((Bound::Included(rel), Bound::Unbounded)).next().is_some_and(|p| p.starts_with(rel))
+}
+
+/// An opaque directory: removes from the directory `fd` (at `dir_rel`) what this layer did
+/// not write, and goes on into the directories it did write, which were merged with the
+/// lower layers' directories of the same name.
+fn prune(fd: &OwnedFd, dir_rel: &Path, this_layer: &BTreeSet<PathBuf>) -> Result<(), String> {
+    let mut dir = Dir::from_fd(fd.try_clone().map_err(|e| e.to_string())?).map_err(|e| errno("opendir", e))?;
+    for child in children(&mut dir).map_err(|e| e.to_string())? {
+        let rel = dir_rel.join(&child);
+        if !written(this_layer, &rel) {
+            remove_all_at(fd.as_fd(), &child).map_err(|e| format!("opaque whiteout: {e}"))?;
+        } else if mode_of(fd, &child)? == Some(SFlag::S_IFDIR) {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            let sub = openat(fd, child.as_os_str(), flags, Mode::empty()).map_err(|e| errno("opaque whiteout", e))?;
+            prune(&sub, &rel, this_layer)?;
+        }
+    }
+    Ok(())
+}
+
 fn errno(context: &str, e: Errno) -> String {
     format!("{context}: {}", io::Error::from(e))
 }
@@ -122,7 +161,15 @@ fn mode_of(parent: impl AsFd, name: &OsStr) -> Result<Option<SFlag>, String> {
 
 impl Applier {
     pub fn new(root: OwnedFd, limits: Limits) -> Self {
-        Applier { root, limits, entries: 0, skipped_devices: Vec::new(), dir_times: HashMap::new() }
+        Applier {
+            root,
+            limits,
+            entries: 0,
+            skipped_devices: Vec::new(),
+            devices: 0,
+            name_bytes: 0,
+            dir_times: HashMap::new(),
+        }
     }
 
     /// Device nodes seen and not created, by path.
@@ -232,55 +279,55 @@ impl Applier {
             reason,
         };
         let mut archive = tar::Archive::new(stream);
-        let mut this_layer: HashSet<PathBuf> = HashSet::new();
-        let entries = archive.entries().map_err(|e| fail("(archive)", e.to_string()))?;
+        // Ordered, so that what this layer wrote below a directory is one range.
+        let mut this_layer: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut extended = Extended::default();
+        let entries = archive.entries().map_err(|e| fail("(archive)", e.to_string()))?.raw(true);
         for entry in entries {
             let mut entry = entry.map_err(|e| fail("(archive)", format!("not a valid tar: {e}")))?;
-            let raw = entry.path_bytes().into_owned();
-            let shown = String::from_utf8_lossy(&raw).into_owned();
+            let header_name = String::from_utf8_lossy(&entry_name(&entry)).into_owned();
             self.entries += 1;
             if self.entries > self.limits.max_entries {
-                return Err(fail(
-                    &shown,
-                    format!("the image has more than {} entries (the cap)", self.limits.max_entries),
-                ));
+                let reason = format!("the image has more than {} entries (the cap)", self.limits.max_entries);
+                return Err(fail(&header_name, reason));
             }
-            let kind = entry.header().entry_type();
-            if matches!(
-                kind,
-                EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
-            ) {
+            if extended.absorb(&mut entry).map_err(|r| fail(&header_name, r))? {
                 continue;
             }
-            let Some(rel) = clean(&raw).map_err(|r| fail(&shown, r))? else {
+            let names = extended.names(&entry).map_err(|r| fail(&header_name, r))?;
+            let shown = String::from_utf8_lossy(&names.path).into_owned();
+            let Some(rel) = clean(&names.path).map_err(|r| fail(&shown, r))? else {
                 continue; // the root itself: its owner and mode are the bundle's business
             };
-            let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if let Some(hidden) = name.strip_prefix(WHITEOUT) {
-                self.whiteout(&rel, hidden, &name, &this_layer).map_err(|r| fail(&shown, r))?;
+            self.name_bytes += rel.as_os_str().len() as u64;
+            if self.name_bytes > MAX_NAME_BYTES {
+                return Err(fail(
+                    &shown,
+                    format!("the image's entry names add up to more than {MAX_NAME_BYTES} bytes"),
+                ));
+            }
+            let name = rel.file_name().map(OsStrExt::as_bytes).unwrap_or_default();
+            if let Some(hidden) = name.strip_prefix(WHITEOUT.as_bytes()) {
+                let hidden = OsStr::from_bytes(hidden).to_os_string();
+                let opaque = name == OPAQUE.as_bytes();
+                self.whiteout(&rel, &hidden, opaque, &this_layer).map_err(|r| fail(&shown, r))?;
                 continue;
             }
-            self.write(&mut entry, &rel, kind).map_err(|r| fail(&shown, r))?;
+            self.write(&mut entry, &rel, &names).map_err(|r| fail(&shown, r))?;
             this_layer.insert(rel);
         }
         Ok(())
     }
 
-    fn whiteout(&self, rel: &Path, hidden: &str, name: &str, this_layer: &HashSet<PathBuf>) -> Result<(), String> {
+    fn whiteout(&self, rel: &Path, hidden: &OsStr, opaque: bool, this_layer: &BTreeSet<PathBuf>) -> Result<(), String> {
         let dir_rel = rel.parent().unwrap_or(Path::new(""));
-        if name == OPAQUE {
+        if opaque {
             // Everything the lower layers put in this directory goes; what this layer put
             // there already stays.
             let fd = self.dir(dir_rel, true)?;
-            let mut dir = Dir::from_fd(fd.try_clone().map_err(|e| e.to_string())?).map_err(|e| errno("opendir", e))?;
-            for child in children(&mut dir).map_err(|e| e.to_string())? {
-                if !this_layer.contains(&dir_rel.join(&child)) {
-                    remove_all_at(fd.as_fd(), &child).map_err(|e| format!("opaque whiteout: {e}"))?;
-                }
-            }
-            return Ok(());
+            return prune(&fd, dir_rel, this_layer);
         }
-        if hidden.starts_with(WHITEOUT) {
+        if hidden.as_bytes().starts_with(WHITEOUT.as_bytes()) {
             return Err("aufs metadata (.wh..wh.*) other than the opaque marker is not supported".into());
         }
         if hidden.is_empty() || hidden == "." || hidden == ".." {
@@ -293,14 +340,15 @@ impl Applier {
             Ok(fd) => fd,
             Err(_) => return Ok(()), // nothing below to hide
         };
-        remove_all_at(parent.as_fd(), OsStr::new(hidden)).map_err(|e| format!("whiteout: {e}"))
+        remove_all_at(parent.as_fd(), hidden).map_err(|e| format!("whiteout: {e}"))
     }
 
-    fn write<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, rel: &Path, kind: EntryType) -> Result<(), String> {
+    fn write<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, rel: &Path, names: &Names) -> Result<(), String> {
         let header = entry.header();
+        let kind = header.entry_type();
         let mode = Mode::from_bits_truncate(header.mode().map_err(|e| e.to_string())? & 0o7777);
-        let uid = u32::try_from(header.uid().map_err(|e| e.to_string())?).map_err(|_| "uid out of range")?;
-        let gid = u32::try_from(header.gid().map_err(|e| e.to_string())?).map_err(|_| "gid out of range")?;
+        let uid = u32::try_from(names.uid).map_err(|_| "uid out of range")?;
+        let gid = u32::try_from(names.gid).map_err(|_| "gid out of range")?;
         let mtime = i64::try_from(header.mtime().unwrap_or(0)).unwrap_or(0);
         let (owner, group) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
         let time = TimeSpec::new(mtime, 0);
@@ -322,7 +370,7 @@ impl Applier {
                 nix::sys::stat::fchmod(&fd, mode).map_err(|e| errno("chmod", e))?;
                 self.dir_times.insert(rel.to_path_buf(), mtime);
             }
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            EntryType::Regular | EntryType::Continuous => {
                 Self::make_room(&parent, name, false)?;
                 let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
                 let fd =
@@ -335,18 +383,18 @@ impl Applier {
                 futimens(&file, &time, &time).map_err(|e| errno("utimes", e))?;
             }
             EntryType::Symlink => {
-                let target = entry.link_name_bytes().ok_or("symlink without a target")?.into_owned();
-                check_symlink_target(rel, &target)?;
+                let target = names.link.as_deref().ok_or("symlink without a target")?;
+                check_symlink_target(rel, target)?;
                 Self::make_room(&parent, name, false)?;
-                symlinkat(OsStr::from_bytes(&target), &parent, name).map_err(|e| errno("symlink", e))?;
+                symlinkat(OsStr::from_bytes(target), &parent, name).map_err(|e| errno("symlink", e))?;
                 fchownat(&parent, name, owner, group, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| errno("chown", e))?;
                 utimensat(&parent, name, &time, &time, UtimensatFlags::NoFollowSymlink)
                     .map_err(|e| errno("utimes", e))?;
             }
             EntryType::Link => {
-                let raw = entry.link_name_bytes().ok_or("hard link without a target")?.into_owned();
+                let raw = names.link.as_deref().ok_or("hard link without a target")?;
                 let target =
-                    clean(&raw).map_err(|r| format!("hard link target: {r}"))?.ok_or("hard link to the root")?;
+                    clean(raw).map_err(|r| format!("hard link target: {r}"))?.ok_or("hard link to the root")?;
                 if target == rel {
                     return Err("hard link to itself".into());
                 }
@@ -367,20 +415,32 @@ impl Applier {
             EntryType::Fifo => {
                 Self::make_room(&parent, name, false)?;
                 mkfifoat(&parent, name, Mode::from_bits_truncate(0o600)).map_err(|e| errno("mkfifo", e))?;
-                fchownat(&parent, name, owner, group, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| errno("chown", e))?;
-                nix::sys::stat::fchmodat(&parent, name, mode, nix::sys::stat::FchmodatFlags::NoFollowSymlink)
-                    .map_err(|e| errno("chmod", e))?;
+                // Through an fd (opening a FIFO non-blocking for reading does not wait for a
+                // writer): fchmodat cannot refuse to follow a symlink everywhere.
+                let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                let fd = openat(&parent, name, flags, Mode::empty()).map_err(|e| errno("open fifo", e))?;
+                fchown(&fd, owner, group).map_err(|e| errno("chown", e))?;
+                nix::sys::stat::fchmod(&fd, mode).map_err(|e| errno("chmod", e))?;
             }
             EntryType::Char | EntryType::Block => {
-                self.skipped_devices.push(rel.display().to_string());
+                if self.skipped_devices.len() < MAX_DEVICES_LISTED {
+                    self.skipped_devices.push(rel.display().to_string());
+                }
+                self.devices += 1;
             }
+            EntryType::GNUSparse => return Err("sparse files are not supported".into()),
             other => return Err(format!("tar entry type {other:?} is not supported")),
         }
         Ok(())
     }
 
-    /// Sets the directories' mtimes, now that nothing more is written into them.
-    pub fn finish(self) -> Result<Vec<String>, ImageError> {
+    /// Sets the directories' mtimes, now that nothing more is written into them; returns
+    /// the device nodes not created (the first [`MAX_DEVICES_LISTED`], then a count).
+    pub fn finish(mut self) -> Result<Vec<String>, ImageError> {
+        if self.devices > self.skipped_devices.len() as u64 {
+            let more = self.devices - self.skipped_devices.len() as u64;
+            self.skipped_devices.push(format!("(and {more} more)"));
+        }
         for (rel, mtime) in &self.dir_times {
             if let Ok(fd) = self.dir(rel, false) {
                 let t = TimeSpec::new(*mtime, 0);

@@ -1,21 +1,26 @@
 //! An OCI image layout, as a directory or as a tar of one (`podman save --format
 //! oci-archive`, `skopeo copy … oci-archive:`): `oci-layout`, `index.json` and `blobs/ALG/HEX`.
 //!
-//! Blob paths are built from parsed digests only (an algorithm and lowercase hex), and the
-//! last component is opened without following a symlink, so a descriptor cannot name a file
-//! outside `blobs/`. Every blob read goes through a [`BlobReader`] that checks it.
+//! Blob paths are built from parsed digests only (an algorithm and lowercase hex), and files
+//! are opened beneath the layout directory's fd with no symlink followed anywhere on the way,
+//! so neither a descriptor nor a planted link can name a file outside the layout. Every blob read goes through a [`BlobReader`] that checks it.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use nix::fcntl::{open, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
 use oci_spec::image::{Descriptor, Digest};
 use serde::de::DeserializeOwned;
 
 use crate::digest::BlobReader;
+use crate::tar_stream::Extended;
 use crate::ImageError;
 
 /// The biggest JSON document (index, manifest, config) read into memory.
@@ -28,12 +33,11 @@ pub struct Layout {
 }
 
 enum Source {
-    Dir(PathBuf),
+    /// The layout directory, opened once: its files are looked up beneath it with no
+    /// symlink followed (a `blobs -> /elsewhere` link would hand out another store's blobs).
+    Dir(OwnedFd),
     /// A tar of a layout: the regular files' data spans, by normalized name.
-    Tar {
-        file: Arc<File>,
-        files: HashMap<String, (u64, u64)>,
-    },
+    Tar { file: Arc<File>, files: HashMap<String, (u64, u64)> },
 }
 
 /// A span of an archive, read with positioned reads so several can be open at once.
@@ -56,8 +60,12 @@ impl Read for Span {
     }
 }
 
-fn open_nofollow(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)
+/// A file beneath the layout directory `dir`: no symlink on the way, no FIFO to block on.
+fn open_beneath(dir: &OwnedFd, name: &str) -> io::Result<File> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    Ok(File::from(openat2(dir, name, how)?))
 }
 
 fn normalize(name: &Path) -> String {
@@ -71,18 +79,26 @@ impl Layout {
     pub fn open(path: &Path) -> Result<Self, ImageError> {
         let meta = std::fs::metadata(path).map_err(|e| ImageError::io(path.display(), e))?;
         let source = if meta.is_dir() {
-            Source::Dir(path.to_path_buf())
+            let dir = open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(|e| ImageError::io(path.display(), e.into()))?;
+            Source::Dir(dir)
         } else {
             let file = Arc::new(File::open(path).map_err(|e| ImageError::io(path.display(), e))?);
             let mut files = HashMap::new();
             let mut archive = tar::Archive::new(Span { file: file.clone(), pos: 0, end: meta.len() });
-            let entries = archive.entries().map_err(|e| ImageError::invalid(path.display(), e))?;
+            let entries = archive.entries().map_err(|e| ImageError::invalid(path.display(), e))?.raw(true);
+            let mut extended = Extended::default();
             for entry in entries {
-                let entry = entry
+                let mut entry = entry
                     .map_err(|e| ImageError::invalid(path.display(), format!("not a tar of an image layout: {e}")))?;
+                let bad = |r: String| ImageError::invalid(path.display(), r);
+                if extended.absorb(&mut entry).map_err(bad)? {
+                    continue;
+                }
+                let names = extended.names(&entry).map_err(bad)?;
                 if entry.header().entry_type().is_file() {
-                    let name = entry.path().map_err(|e| ImageError::invalid(path.display(), e))?;
-                    files.insert(normalize(&name), (entry.raw_file_position(), entry.size()));
+                    let name = Path::new(std::ffi::OsStr::from_bytes(&names.path));
+                    files.insert(normalize(name), (entry.raw_file_position(), entry.size()));
                 }
             }
             Source::Tar { file, files }
@@ -109,9 +125,9 @@ impl Layout {
     /// A file of the layout by its name relative to the layout's root, and its size.
     fn open_file(&self, name: &str) -> Result<(Box<dyn Read + Send>, u64), ImageError> {
         match &self.source {
-            Source::Dir(root) => {
-                let path = root.join(name);
-                let file = open_nofollow(&path).map_err(|e| ImageError::io(path.display(), e))?;
+            Source::Dir(dir) => {
+                let path = self.path.join(name);
+                let file = open_beneath(dir, name).map_err(|e| ImageError::io(path.display(), e))?;
                 let meta = file.metadata().map_err(|e| ImageError::io(path.display(), e))?;
                 if !meta.is_file() {
                     return Err(ImageError::invalid(path.display(), "not a regular file"));

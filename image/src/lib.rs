@@ -17,6 +17,7 @@ pub mod layout;
 pub mod remove;
 pub mod resolve;
 pub mod runtime_config;
+pub mod tar_stream;
 pub mod unpack;
 pub mod users;
 

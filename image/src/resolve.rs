@@ -165,6 +165,15 @@ pub fn manifest(
             if found.is_empty() {
                 return Err(ImageError::invalid(&index_name, format!("no manifest is named {r:?} ({})", names(all))));
             }
+            // A tag two names share (`a:v1`, `b:v1`) names neither: say so rather than pick.
+            let distinct: std::collections::BTreeSet<Option<&str>> = found.iter().map(|d| ref_name(d)).collect();
+            if distinct.len() > 1 {
+                let listed: Vec<&str> = distinct.into_iter().flatten().collect();
+                return Err(ImageError::invalid(
+                    &index_name,
+                    format!("{r:?} is the tag of {}; name one in full", listed.join(", ")),
+                ));
+            }
             found
         }
         None => {

@@ -1,7 +1,7 @@
 //! The runtime spec (`config.json`) an image config implies, laid over a base spec, as the
 //! image spec's conversion rules (`conversion.md`) and Docker's `run` have it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::fd::OwnedFd;
 
@@ -41,25 +41,35 @@ fn read_in_root(root: &OwnedFd, rel: &str) -> Result<String, ImageError> {
 
 /// `NAME=VALUE` lists merged: a later entry replaces an earlier one of the same name.
 fn merge_env(base: &[String], image: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+    let name = |e: &str| e.split_once('=').map_or(e, |(n, _)| n).to_string();
+    // The last value of each name, in the order names first appeared.
+    let mut order: Vec<String> = Vec::new();
+    let mut values: HashMap<String, String> = HashMap::new();
     for entry in base.iter().chain(image) {
-        let name = entry.split_once('=').map_or(entry.as_str(), |(n, _)| n);
-        out.retain(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n) != name);
-        out.push(entry.clone());
+        if values.insert(name(entry), entry.clone()).is_none() {
+            order.push(name(entry));
+        }
     }
-    out
+    order.into_iter().filter_map(|n| values.remove(&n)).collect()
 }
 
+/// Label namespaces that do not become annotations: containerd's CRI plugin, kubelet and
+/// hull itself take instructions from these, and an image must not give them.
+pub const RESERVED_ANNOTATIONS: &[&str] =
+    &["io.kubernetes.", "io.containerd.", "io.github.hull.", "io.katacontainers."];
+
 /// Lays the image config over `spec`. `args`, when given, replace the image's `Cmd` (the
-/// `Entrypoint` stays), as `docker run IMAGE ARGS…` does.
+/// `Entrypoint` stays), as `docker run IMAGE ARGS…` does. Returns the labels left out
+/// ([`RESERVED_ANNOTATIONS`]).
 pub fn apply(
     spec: &mut Value,
     image: &ImageConfiguration,
     rootfs: &OwnedFd,
     args: Option<&[String]>,
     ref_name: Option<&str>,
-) -> Result<(), ImageError> {
+) -> Result<Vec<String>, ImageError> {
     let config = image.config().clone().unwrap_or_default();
+    let mut dropped = Vec::new();
     let mut argv: Vec<String> = config.entrypoint().clone().unwrap_or_default();
     match args {
         Some(a) => argv.extend(a.iter().cloned()),
@@ -91,8 +101,16 @@ pub fn apply(
         process["user"]["additionalGids"] = json!(user.additional_gids);
     }
 
-    // Labels become annotations, then the conversion's own keys (which win).
-    let mut annotations: BTreeMap<String, String> = config.labels().clone().unwrap_or_default().into_iter().collect();
+    // Labels become annotations, but for the namespaces runtimes and orchestrators read
+    // their own instructions from; then the conversion's own keys (which win).
+    let mut annotations: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in config.labels().clone().unwrap_or_default() {
+        if RESERVED_ANNOTATIONS.iter().any(|p| key.starts_with(p)) {
+            dropped.push(key);
+        } else {
+            annotations.insert(key, value);
+        }
+    }
     let mut put = |k: &str, v: Option<String>| {
         if let Some(v) = v {
             annotations.insert(format!("org.opencontainers.image.{k}"), v);
@@ -114,7 +132,7 @@ pub fn apply(
     put("ref.name", ref_name.map(str::to_string));
     spec["annotations"] = json!(annotations);
     spec["root"]["path"] = json!("rootfs");
-    Ok(())
+    Ok(dropped)
 }
 
 #[cfg(test)]
@@ -125,6 +143,6 @@ mod tests {
     fn image_env_replaces_the_base_by_name() {
         let base = vec!["PATH=/bin".to_string(), "TERM=xterm".to_string()];
         let image = vec!["PATH=/usr/bin:/bin".to_string(), "GREETING=hi".to_string()];
-        assert_eq!(merge_env(&base, &image), vec!["TERM=xterm", "PATH=/usr/bin:/bin", "GREETING=hi"]);
+        assert_eq!(merge_env(&base, &image), vec!["PATH=/usr/bin:/bin", "TERM=xterm", "GREETING=hi"]);
     }
 }

@@ -45,22 +45,24 @@ pub struct UnpackReport {
     pub entries: u64,
     /// Device nodes in the layers that were not created.
     pub skipped_devices: Vec<String>,
+    /// Image labels in reserved namespaces, not made annotations.
+    pub dropped_labels: Vec<String>,
 }
 
 pub fn unpack(opts: &UnpackOptions, progress: &mut dyn FnMut(Progress<'_>)) -> Result<UnpackReport, ImageError> {
     let bundle = &opts.bundle;
-    let created = prepare_bundle(bundle)?;
-    let bundle_fd = open(
-        bundle.as_path(),
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| ImageError::io(bundle.display(), e.into()))?;
-    let result = unpack_into(opts, &bundle_fd, progress);
+    let (bundle_fd, created) = prepare_bundle(bundle)?;
+    let mut made = Made::default();
+    let result = unpack_into(opts, &bundle_fd, &mut made, progress);
     if result.is_err() {
-        // Best effort: the error being reported is the unpack's, not the clean-up's.
-        let _ = remove_all_at(bundle_fd.as_fd(), "rootfs".as_ref());
-        let _ = remove_all_at(bundle_fd.as_fd(), "config.json".as_ref());
+        // Only what this unpack made goes (another unpack may be filling the same empty
+        // directory); best effort: the error being reported is the unpack's.
+        if made.rootfs {
+            let _ = remove_all_at(bundle_fd.as_fd(), "rootfs".as_ref());
+        }
+        if made.config {
+            let _ = remove_all_at(bundle_fd.as_fd(), "config.json".as_ref());
+        }
         drop(bundle_fd);
         if created {
             let _ = std::fs::remove_dir(bundle);
@@ -69,32 +71,53 @@ pub fn unpack(opts: &UnpackOptions, progress: &mut dyn FnMut(Progress<'_>)) -> R
     result
 }
 
-/// Makes `bundle` (mode 0700: the rootfs may hold set-id files) unless it is an empty
-/// directory already; returns whether it was made.
-fn prepare_bundle(bundle: &Path) -> Result<bool, ImageError> {
-    match std::fs::symlink_metadata(bundle) {
-        Ok(meta) if meta.is_dir() => {
-            let mut entries = std::fs::read_dir(bundle).map_err(|e| ImageError::io(bundle.display(), e))?;
-            if entries.next().is_some() {
-                return Err(ImageError::invalid(
-                    bundle.display(),
-                    "exists and is not empty; unpack makes a new bundle",
-                ));
-            }
-            Ok(false)
+/// What an unpack made in the bundle, so that a failed one removes that and nothing else.
+#[derive(Default)]
+struct Made {
+    rootfs: bool,
+    config: bool,
+}
+
+/// Opens `bundle`, made (mode 0700) unless it is an empty directory already; returns its fd
+/// and whether it was made. An existing one must belong to this user and gets mode 0700
+/// too: the rootfs may hold set-id-root files, which nobody else may reach.
+fn prepare_bundle(bundle: &Path) -> Result<(OwnedFd, bool), ImageError> {
+    let created = match std::fs::DirBuilder::new().mode(0o700).create(bundle) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(ImageError::io(bundle.display(), e)),
+    };
+    let fd = open(bundle, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| match e {
+        nix::errno::Errno::ENOTDIR | nix::errno::Errno::ELOOP => {
+            ImageError::invalid(bundle.display(), "exists and is not a directory")
         }
-        Ok(_) => Err(ImageError::invalid(bundle.display(), "exists and is not a directory")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new().mode(0o700).create(bundle).map_err(|e| ImageError::io(bundle.display(), e))?;
-            Ok(true)
+        e => ImageError::io(bundle.display(), e.into()),
+    })?;
+    if !created {
+        let st = nix::sys::stat::fstat(&fd).map_err(|e| ImageError::io(bundle.display(), e.into()))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if st.st_uid != me {
+            return Err(ImageError::invalid(
+                bundle.display(),
+                format!("belongs to uid {}, not to this user ({me})", st.st_uid),
+            ));
         }
-        Err(e) => Err(ImageError::io(bundle.display(), e)),
+        let mut dir = nix::dir::Dir::from_fd(fd.try_clone().map_err(|e| ImageError::io(bundle.display(), e))?)
+            .map_err(|e| ImageError::io(bundle.display(), e.into()))?;
+        if !crate::remove::children(&mut dir).map_err(|e| ImageError::io(bundle.display(), e))?.is_empty() {
+            return Err(ImageError::invalid(bundle.display(), "exists and is not empty; unpack makes a new bundle"));
+        }
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o700))
+            .map_err(|e| ImageError::io(bundle.display(), e.into()))?;
     }
+    Ok((fd, created))
 }
 
 fn unpack_into(
     opts: &UnpackOptions,
     bundle: &OwnedFd,
+    made: &mut Made,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<UnpackReport, ImageError> {
     let layout = Layout::open(&opts.image)?;
@@ -117,6 +140,7 @@ fn unpack_into(
     }
 
     mkdirat(bundle, "rootfs", Mode::from_bits_truncate(0o755)).map_err(|e| ImageError::io("rootfs", e.into()))?;
+    made.rootfs = true;
     let rootfs = openat(
         bundle,
         "rootfs",
@@ -141,7 +165,7 @@ fn unpack_into(
         let applied = (|| {
             let decoded: Box<dyn Read + '_> = match compression {
                 LayerCompression::None => Box::new(&mut blob),
-                LayerCompression::Gzip => Box::new(flate2::read::GzDecoder::new(&mut blob)),
+                LayerCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut blob)),
                 LayerCompression::Zstd => Box::new(
                     zstd::stream::read::Decoder::new(&mut blob)
                         .map_err(|e| ImageError::blob(&name, format!("zstd: {e}")))?,
@@ -170,16 +194,23 @@ fn unpack_into(
     let ref_name =
         manifest_desc.annotations().as_ref().and_then(|a| a.get(REF_NAME).cloned()).or_else(|| opts.reference.clone());
     let mut spec = opts.base_spec.clone();
-    runtime_config::apply(&mut spec, &config, &rootfs, opts.args.as_deref(), ref_name.as_deref())?;
-    write_config(bundle, &spec)?;
-    Ok(UnpackReport { manifest: manifest_desc.digest().to_string(), layers: count, entries, skipped_devices })
+    let dropped_labels = runtime_config::apply(&mut spec, &config, &rootfs, opts.args.as_deref(), ref_name.as_deref())?;
+    write_config(bundle, &spec, made)?;
+    Ok(UnpackReport {
+        manifest: manifest_desc.digest().to_string(),
+        layers: count,
+        entries,
+        skipped_devices,
+        dropped_labels,
+    })
 }
 
-fn write_config(bundle: &OwnedFd, spec: &Value) -> Result<(), ImageError> {
+fn write_config(bundle: &OwnedFd, spec: &Value, made: &mut Made) -> Result<(), ImageError> {
     use std::io::Write;
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = openat(bundle, "config.json", flags, Mode::from_bits_truncate(0o644))
         .map_err(|e| ImageError::io("config.json", e.into()))?;
+    made.config = true;
     let mut file = std::fs::File::from(fd);
     let text = serde_json::to_string_pretty(spec).map_err(|e| ImageError::invalid("config.json", e))?;
     file.write_all(text.as_bytes()).map_err(|e| ImageError::io("config.json", e))

@@ -39,6 +39,9 @@ fn three_layers() -> Vec<(Vec<u8>, Compression)> {
         .file("etc/.wh.gone", b"", 0o644)
         .dir("opt", 0o751)
         .file("opt/new", b"new\n", 0o644)
+        // Written by this layer before the marker: it stays, but what the lower layer had
+        // in it goes (opt/olddir/x).
+        .dir("opt/olddir", 0o750)
         .file("opt/.wh..wh..opq", b"", 0o644)
         .symlink("etc/link", "keep")
         .file("etc/keep", b"replaced\n", 0o640)
@@ -61,6 +64,7 @@ fn expected_tree() -> Vec<String> {
         format!("etc/keep 640 0:0 file {replaced} links 2"),
         "opt 751 0:0 dir".to_string(),
         format!("opt/new 644 0:0 file {} links 1", short(b"new\n")),
+        "opt/olddir 750 0:0 dir".to_string(),
         "opt/sub 755 0:0 dir".to_string(),
         format!("opt/sub/f 644 0:0 file {} links 1", short(b"f\n")),
         // Parents no entry describes are 0755, whatever hull's own umask (077).
@@ -80,7 +84,8 @@ fn three_layers_with_whiteouts_give_exactly_the_final_tree_from_a_directory_or_a
         "v1",
         &three_layers(),
         json!({"Entrypoint": ["/bin/server"], "Cmd": ["--port", "8000"], "Env": ["PATH=/bin", "GREETING=hi"],
-               "WorkingDir": "/opt", "Labels": {"org.example.team": "hull"}, "StopSignal": "SIGINT"}),
+               "WorkingDir": "/opt", "StopSignal": "SIGINT",
+               "Labels": {"org.example.team": "hull", "io.kubernetes.cri.sandbox-id": "not-from-an-image"}}),
     );
     let archive = env.dir.join("image.tar");
     layout.archive(&archive);
@@ -107,6 +112,11 @@ fn three_layers_with_whiteouts_give_exactly_the_final_tree_from_a_directory_or_a
             "the image's PATH replaces the default"
         );
         assert_eq!(config["annotations"]["org.example.team"], "hull");
+        assert!(
+            config["annotations"].get("io.kubernetes.cri.sandbox-id").is_none(),
+            "a reserved label became an annotation"
+        );
+        assert!(text(&out.stderr).contains("image label io.kubernetes.cri.sandbox-id not made an annotation"));
         assert_eq!(config["annotations"]["org.opencontainers.image.stopSignal"], "SIGINT");
         assert_eq!(config["annotations"]["org.opencontainers.image.ref.name"], "v1");
         assert_eq!(config["root"]["path"], "rootfs");
@@ -144,6 +154,8 @@ fn references_and_platforms_are_resolved_through_the_index() {
     });
     layout.add("docker.io/library/multi:2", nested);
     layout.image("other", &layer(), json!({"Cmd": ["/other"]}));
+    layout.image("example.com/a:v1", &layer(), json!({"Cmd": ["/a"]}));
+    layout.image("example.com/b:v1", &layer(), json!({"Cmd": ["/b"]}));
 
     let args = |bundle: &Path| -> Value {
         let config: Value = serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
@@ -172,6 +184,13 @@ fn references_and_platforms_are_resolved_through_the_index() {
         unpack(&env, &format!("{}:2", layout.dir.display()), &env.dir.join("s390x"), &["--platform", "linux/s390x"]);
     assert!(text(&out.stderr).contains("no manifest for platform linux/s390x"), "{}", text(&out.stderr));
     assert!(!env.dir.join("s390x").exists());
+    // A tag two names share names neither.
+    let out = unpack(&env, &format!("{}:v1", layout.dir.display()), &env.dir.join("v1"), &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("\"v1\" is the tag of example.com/a:v1, example.com/b:v1"), "{err}");
+    let out = unpack(&env, &format!("{}:example.com/b:v1", layout.dir.display()), &env.dir.join("b"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(args(&env.dir.join("b")), json!(["/b"]));
 }
 
 /// One hostile image, and what must hold after unpacking it.
@@ -481,4 +500,57 @@ fn an_unpacked_image_runs_with_its_entrypoint_cmd_env_workdir_and_user() {
     assert!(out.status.success(), "hull run: {}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with("from-args||hello from the image|/work|"), "{}", text(&out.stdout));
     env.assert_clean();
+}
+
+#[test]
+fn sparse_entries_and_oversized_extension_headers_are_refused() {
+    // A sparse entry: the tar crate would expand its holes into as many zeros as it claims.
+    let mut h = Hostile::new("unpack-sparse");
+    h.image(vec![Tar::new().raw(tar::EntryType::GNUSparse, "holes", "", 0o644, (0, 0), b"").bytes()]);
+    h.refused(&["\"holes\"", "sparse files are not supported"]);
+
+    // A PAX header body over 64 KiB: read into memory whole, it could claim gigabytes.
+    let mut h = Hostile::new("unpack-pax");
+    let body = vec![b'a'; 100 << 10];
+    h.image(vec![Tar::new()
+        .raw(tar::EntryType::XHeader, "PaxHeader/x", "", 0o644, (0, 0), &body)
+        .file("x", b"x", 0o644)
+        .bytes()]);
+    h.refused(&["PaxHeader/x", "more than 65536"]);
+}
+
+#[test]
+fn symlinks_and_fifos_inside_the_layout_are_not_followed() {
+    // blobs -> another store: a layout must not hand out blobs from outside itself.
+    let mut h = Hostile::new("unpack-layout-symlink");
+    h.image(vec![Tar::new().file("a", b"a\n", 0o644).bytes()]);
+    let elsewhere = h.env.dir.join("elsewhere");
+    fs::rename(h.layout.dir.join("blobs"), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, h.layout.dir.join("blobs")).unwrap();
+    h.refused(&["blobs/sha256/", "symbolic links"]);
+
+    // index.json a FIFO: refused, not waited on.
+    let h = Hostile::new("unpack-layout-fifo");
+    fs::remove_file(h.layout.dir.join("index.json")).unwrap();
+    nix::unistd::mkfifo(&h.layout.dir.join("index.json"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    h.refused(&["index.json", "not a regular file"]);
+}
+
+#[test]
+fn an_existing_bundle_directory_must_be_ours_and_is_made_private() {
+    let mut h = Hostile::new("unpack-bundle-owner");
+    h.image(vec![Tar::new().file("a", b"a\n", 0o644).bytes()]);
+    fs::create_dir_all(h.bundle()).unwrap();
+    fs::set_permissions(h.bundle(), fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::chown(h.bundle(), Some(1000), Some(1000)).unwrap();
+    let out = h.unpack(&[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("belongs to uid 1000, not to this user (0)"), "{}", text(&out.stderr));
+    assert_eq!(fs::read_dir(h.bundle()).unwrap().count(), 0);
+
+    // Ours: taken, and made 0700 (the rootfs may hold set-id-root files).
+    std::os::unix::fs::chown(h.bundle(), Some(0), Some(0)).unwrap();
+    let out = h.unpack(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(fs::metadata(h.bundle()).unwrap().permissions().mode() & 0o7777, 0o700);
 }

@@ -29,6 +29,11 @@ pub fn run(image: &str, platform: &str, max_size: Option<u64>, bundle: &Path, ar
         }
     })
     .with_context(|| format!("unpacking {image} into {}", bundle.display()))?;
+    for label in &report.dropped_labels {
+        eprintln!(
+            "unpack: warning: image label {label} not made an annotation (a namespace runtimes take instructions from)"
+        );
+    }
     for device in &report.skipped_devices {
         eprintln!("unpack: warning: device node {device} not created (a container gets its devices from the spec)");
     }
