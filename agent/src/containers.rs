@@ -61,6 +61,19 @@ struct Stdio3 {
     terminal: Option<OwnedFd>,
 }
 
+/// `noNewPrivileges: false` means what its absence means, but libcontainer 0.7 tests only for
+/// presence: given `false`, it loads the seccomp filter after dropping capabilities and
+/// without no_new_privs, which the kernel refuses ("failed to load seccomp context"), so any
+/// profile failed for a config that spelled the default out. Without the key it loads the
+/// filter while still privileged, as runc does.
+fn drop_false_no_new_privileges(process: &mut serde_json::Value) {
+    if let Some(p) = process.as_object_mut() {
+        if p.get("noNewPrivileges") == Some(&serde_json::Value::Bool(false)) {
+            p.remove("noNewPrivileges");
+        }
+    }
+}
+
 /// What a created process reports: its pid, and the exit event to send at once when it
 /// already died before we could register it.
 pub type Spawned = (i32, Option<Event>);
@@ -76,6 +89,9 @@ impl Registry {
         validate_id(id).map_err(refusal::invalid)?;
         if self.inner.lock().unwrap().containers.contains(id) {
             return Err(refusal::already_exists(format!("container {id} already exists")));
+        }
+        if let Some(process) = spec.get_mut("process") {
+            drop_false_no_new_privileges(process);
         }
         propagation::move_into_hook(&mut spec).map_err(|e| refusal::invalid(format!("{e:#}")))?;
         propagation::mount_bind_sources(&spec, SHARE_DIR);
@@ -107,7 +123,8 @@ impl Registry {
         result
     }
 
-    pub fn exec(&self, id: &str, exec_id: &str, process: serde_json::Value) -> Result<Spawned> {
+    pub fn exec(&self, id: &str, exec_id: &str, mut process: serde_json::Value) -> Result<Spawned> {
+        drop_false_no_new_privileges(&mut process);
         validate_id(exec_id).map_err(|e| refusal::invalid(format!("exec id: {e}")))?;
         self.known(id)?;
         let key = (id.to_string(), Some(exec_id.to_string()));

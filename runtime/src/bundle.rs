@@ -89,6 +89,7 @@ impl Bundle {
         let netns = Self::network_namespace(&spec, &config)?;
         let binds = Self::bind_mounts(&spec, &dir, &config)?;
         Self::check_tmpcopyup(&spec, &rootfs, &config)?;
+        Self::check_seccomp_notify(&spec, &config)?;
         Ok(Bundle { dir, spec, rootfs, raw, netns, binds })
     }
 
@@ -136,6 +137,28 @@ impl Bundle {
                 let why =
                     format!(": tmpcopyup over {}, which is not empty, is not supported", mount.destination().display());
                 return Err(field(config, format!("mounts[{i}].options"), why));
+            }
+        }
+        Ok(())
+    }
+
+    /// Seccomp user notification hands the filter's listener fd to an agent on the host at
+    /// `listenerPath`; the filter runs in the guest kernel, and an fd cannot cross the VM.
+    fn check_seccomp_notify(spec: &Spec, config: &Path) -> Result<()> {
+        let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else { return Ok(()) };
+        let why = ": seccomp user notification cannot cross the VM (the filter runs in the guest kernel, \
+                   its listener fd cannot reach a host agent)";
+        if seccomp.listener_path().is_some() {
+            return Err(field(config, "linux.seccomp.listenerPath", why));
+        }
+        let notify =
+            |a: &oci_spec::runtime::LinuxSeccompAction| *a == oci_spec::runtime::LinuxSeccompAction::ScmpActNotify;
+        if notify(&seccomp.default_action()) {
+            return Err(field(config, "linux.seccomp.defaultAction", why));
+        }
+        for (i, rule) in seccomp.syscalls().clone().unwrap_or_default().iter().enumerate() {
+            if notify(&rule.action()) {
+                return Err(field(config, format!("linux.seccomp.syscalls[{i}].action"), why));
             }
         }
         Ok(())

@@ -69,6 +69,85 @@ fn the_seccomp_profile_is_enforced_in_the_guest() {
     env.assert_clean();
 }
 
+/// The actions and conditions runc's and crun's profiles use, twice: in a container that
+/// spells `noNewPrivileges: false` out (libcontainer then loaded the filter after dropping
+/// its capabilities: "failed to load seccomp context"), and in one holding CAP_SYS_ADMIN,
+/// where a profile blocking `sethostname` must still stop it.
+#[test]
+fn seccomp_actions_conditions_and_flags_behave_as_under_runc() {
+    let env = Env::new("seccomp-actions");
+    let script = "mkdir /tmp/x 2>&1; echo mkdir=$?; \
+                  kill -0 $$; echo kill0=$?; kill -USR1 $$ 2>/dev/null; echo usr1=$?; \
+                  hostname blocked 2>&1; echo hostname=$?; \
+                  uname -s; echo uname=$?; \
+                  linux32 true; echo personality=$?";
+    let profile = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "flags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+            {"names": ["kill"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+             "args": [{"index": 1, "value": 10, "op": "SCMP_CMP_EQ"}]},
+            {"names": ["sethostname"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+            {"names": ["uname"], "action": "SCMP_ACT_LOG"},
+            {"names": ["personality"], "action": "SCMP_ACT_KILL_PROCESS"}
+        ]
+    });
+    for (name, sys_admin) in [("nnp-false", false), ("sys-admin", true)] {
+        let b = env.bundle(name, &["sh", "-c", script]);
+        b.edit(|c| {
+            c["root"]["readonly"] = json!(false);
+            c["linux"]["seccomp"] = profile.clone();
+            if sys_admin {
+                c["process"].as_object_mut().unwrap().remove("noNewPrivileges");
+                for set in ["bounding", "effective", "permitted"] {
+                    c["process"]["capabilities"][set].as_array_mut().unwrap().push(json!("CAP_SYS_ADMIN"));
+                }
+            } else {
+                c["process"]["noNewPrivileges"] = json!(false);
+            }
+        });
+        let out = env.hull_out(&["run", "--bundle", b.path(), name]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{name}: stdout: {stdout} stderr: {}", text(&out.stderr));
+        for expected in [
+            "Permission denied\nmkdir=1\n",          // errnoRet 13 is EACCES
+            "kill0=0\nusr1=1\n",                     // the condition on arg 1 blocks only SIGUSR1
+            "Operation not permitted\nhostname=1\n", // by the profile, CAP_SYS_ADMIN or not
+            "Linux\nuname=0\n",                      // SCMP_ACT_LOG lets it through
+            "personality=159\n",                     // SCMP_ACT_KILL_PROCESS: SIGSYS, 128+31
+        ] {
+            assert!(stdout.contains(expected), "{name}: expected {expected:?} in:\n{stdout}");
+        }
+        assert!(!b.rootfs().join("tmp/x").exists());
+    }
+    env.assert_clean();
+}
+
+/// Seccomp user notification would hand the guest kernel's listener fd to a host agent:
+/// refused at create, naming the field, with nothing left behind.
+#[test]
+fn seccomp_notify_is_refused_naming_the_field() {
+    let env = Env::new("seccomp-notify");
+    for (field, edit) in [
+        ("linux.seccomp.listenerPath", json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent.sock"})),
+        (
+            "linux.seccomp.syscalls[0].action",
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]}),
+        ),
+    ] {
+        let b = env.bundle("b", &["true"]);
+        b.edit(|c| c["linux"]["seccomp"] = edit.clone());
+        let out = env.hull_out(&["run", "--bundle", b.path(), "c1"]);
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(err.contains(field) && err.contains("cannot cross the VM"), "{err}");
+        env.assert_clean();
+        std::fs::remove_dir_all(&b.dir).unwrap();
+    }
+}
+
 #[test]
 fn bind_mounts_reach_the_guest_rw_ro_and_files() {
     let env = Env::new("binds");
