@@ -12,6 +12,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
+
+use crate::exec_seccomp;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
@@ -44,8 +46,21 @@ fn run(mode: &str, id: &str, path: &Path, state_root: PathBuf, console: Option<P
     // SAFETY: the agent placed three open fds at 3..=5 for us (see Registry::run_helper) and
     // nothing else in this process owns them.
     let [stdin, stdout, stderr] = [0, 1, 2].map(|i| unsafe { OwnedFd::from_raw_fd(FIRST_STDIO_FD + i) });
-    let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
-        .with_executor(DefaultExecutor {})
+    // An exec gets its container's seccomp filter from its own executor (exec_seccomp.rs).
+    let exec_seccomp = match mode {
+        EXEC => {
+            let dir = path.parent().ok_or_else(|| anyhow!("process file has no directory"))?;
+            let config = dir.parent().ok_or_else(|| anyhow!("process file has no bundle"))?.join("config.json");
+            exec_seccomp::prepare(path, &config)?
+        }
+        _ => None,
+    };
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::default());
+    let builder = match exec_seccomp {
+        Some(executor) => builder.with_executor(executor),
+        None => builder.with_executor(DefaultExecutor {}),
+    };
+    let builder = builder
         .with_root_path(state_root)?
         .with_stdin(stdin)
         .with_stdout(stdout)

@@ -13,6 +13,7 @@ mod cgroup;
 mod containers;
 mod control;
 mod create_helper;
+mod exec_seccomp;
 mod guest_init;
 #[cfg(feature = "hostile")]
 mod hostile;

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStatus, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse,
-    ImageSpec, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    Capability, ContainerConfig, ContainerMetadata, ContainerStatus, CreateContainerRequest, ExecSyncRequest,
+    ExecSyncResponse, ImageSpec, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    SecurityProfile, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -34,6 +34,10 @@ pub struct ContainerSpec<'a> {
     pub args: &'a [&'a str],
     pub memory_limit: Option<i64>,
     pub envs: &'a [(&'a str, &'a str)],
+    /// The container's seccomp profile (the kubelet's `securityContext.seccompProfile`).
+    pub seccomp: Option<SecurityProfile>,
+    /// Capabilities added to (or dropped from) the runtime's default set.
+    pub capabilities: Option<Capability>,
 }
 
 impl Cri {
@@ -128,6 +132,8 @@ impl Cri {
                         .as_ref()
                         .and_then(|l| l.security_context.as_ref())
                         .and_then(|s| s.namespace_options.clone()),
+                    seccomp: spec.seccomp,
+                    capabilities: spec.capabilities,
                     ..Default::default()
                 }),
             }),

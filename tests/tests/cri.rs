@@ -208,3 +208,77 @@ fn killing_a_pods_vmm_or_shim_ends_its_containers() {
     c.assert_clean();
     assert_eq!(vm_count(), 0);
 }
+
+/// The kubelet's `seccompProfile` (RuntimeDefault, and a Localhost file on the node) and
+/// added capabilities reach a pod's containers in the VM: read from the container's own init
+/// (pid 1 of its pid namespace) and from a blocked syscall's errno.
+#[test]
+fn seccomp_profiles_and_added_capabilities_reach_pod_containers() {
+    use k8s_cri::v1::security_profile::ProfileType;
+    use k8s_cri::v1::{Capability, SecurityProfile};
+    let (c, mut cri) = setup("cri-security");
+    let pod =
+        cri.run_pod("secure", false).unwrap_or_else(|e| panic!("RunPodSandbox: {e}\nshim log:\n{}", c.shim_log()));
+    let profile = c.env.dir.join("deny-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#,
+    )
+    .unwrap();
+    let start = |cri: &mut Cri, name: &str, seccomp: Option<SecurityProfile>, capabilities: Option<Capability>| {
+        cri.start_container(
+            &pod,
+            ContainerSpec { name, image: IMAGE, args: &["sleep", "605"], seccomp, capabilities, ..Default::default() },
+        )
+        .unwrap_or_else(|e| panic!("{name}: CreateContainer: {e}\nshim log:\n{}", c.shim_log()))
+    };
+    let runtime_default = start(
+        &mut cri,
+        "runtime-default",
+        Some(SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, ..Default::default() }),
+        None,
+    );
+    let localhost = start(
+        &mut cri,
+        "localhost",
+        Some(SecurityProfile {
+            profile_type: ProfileType::Localhost as i32,
+            localhost_ref: profile.to_string_lossy().into_owned(),
+        }),
+        None,
+    );
+    let admin = start(
+        &mut cri,
+        "admin",
+        None,
+        Some(Capability { add_capabilities: vec!["NET_ADMIN".into(), "SYS_ADMIN".into()], ..Default::default() }),
+    );
+    let status_of_init = |cri: &mut Cri, id: &str, field: &str| -> String {
+        let out = cri.exec_sync(id, &["sh", "-c", &format!("grep '^{field}:' /proc/1/status")]);
+        text(&out.stdout).split_whitespace().nth(1).unwrap_or_default().to_string()
+    };
+
+    assert_eq!(status_of_init(&mut cri, &runtime_default, "Seccomp"), "2", "RuntimeDefault loads a filter");
+    // containerd's default profile refuses new user namespaces without CAP_SYS_ADMIN.
+    // kubectl exec runs under the container's profile too, as under runc.
+    let out = cri.exec_sync(&runtime_default, &["grep", "Seccomp:", "/proc/self/status"]);
+    assert_eq!(text(&out.stdout).split_whitespace().nth(1), Some("2"), "an exec ran unfiltered");
+    let out = cri.exec_sync(&runtime_default, &["unshare", "-U", "true"]);
+    assert_ne!(out.exit_code, 0, "unshare -U ran under RuntimeDefault: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("Operation not permitted"), "{}", text(&out.stderr));
+
+    assert_eq!(status_of_init(&mut cri, &localhost, "Seccomp"), "2", "the Localhost profile loads a filter");
+    let out = cri.exec_sync(&localhost, &["mkdir", "/tmp/blocked"]);
+    assert!(out.exit_code != 0 && text(&out.stderr).contains("Permission denied"), "{}", text(&out.stderr));
+
+    let caps = u64::from_str_radix(&status_of_init(&mut cri, &admin, "CapEff"), 16).unwrap_or_default();
+    const CAP_NET_ADMIN: u64 = 12;
+    const CAP_SYS_ADMIN: u64 = 21;
+    assert!(caps & (1 << CAP_NET_ADMIN) != 0 && caps & (1 << CAP_SYS_ADMIN) != 0, "CapEff {caps:#x}");
+    let out = cri.exec_sync(&admin, &["ip", "addr", "add", "10.9.9.9/32", "dev", "lo"]);
+    assert_eq!(out.exit_code, 0, "NET_ADMIN in the pod's netns: {}", text(&out.stderr));
+
+    cri.remove_pod(&pod);
+    c.assert_clean();
+}

@@ -125,6 +125,43 @@ fn seccomp_actions_conditions_and_flags_behave_as_under_runc() {
     env.assert_clean();
 }
 
+/// `hull exec` runs under the container's filter, as `runc exec` does (libcontainer 0.7 left
+/// the profile out of an exec's spec), whatever the exec's capabilities and no_new_privs.
+#[test]
+fn exec_runs_under_the_containers_seccomp_profile() {
+    let env = Env::new("seccomp-exec");
+    let b = env.bundle("b", &["sleep", "600"]);
+    b.edit(|c| {
+        c["root"]["readonly"] = json!(false);
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]
+        });
+    });
+    let out = env.hull_detached(&["run", "-d", "--bundle", b.path(), "c1"]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    for extra in [&[][..], &["--no-new-privs"][..], &["--cap", "CAP_SYS_ADMIN"][..]] {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["c1", "sh", "-c", "grep Seccomp: /proc/self/status; mkdir /tmp/x; echo mkdir=$?"]);
+        let out = env.hull_out(&args);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{extra:?}: {}", text(&out.stderr));
+        assert!(stdout.contains("Seccomp:\t2\n") && stdout.contains("mkdir=1"), "{extra:?}: {stdout}");
+        assert!(text(&out.stderr).contains("Permission denied"), "{extra:?}: {}", text(&out.stderr));
+    }
+    // The exec's capabilities are the container's, not what loading the filter needed.
+    let caps = text(&env.hull_out(&["exec", "c1", "sh", "-c", "grep CapEff: /proc/self/status /proc/1/status"]).stdout);
+    let values: Vec<&str> = caps.lines().filter_map(|l| l.split('\t').nth(1)).collect();
+    assert!(values.len() == 2 && values[0] == values[1], "exec and init capabilities differ: {caps}");
+    let exec_caps = u64::from_str_radix(values[0], 16).unwrap();
+    assert_eq!(exec_caps & (1 << 21), 0, "the exec kept CAP_SYS_ADMIN: {caps}");
+    assert!(!b.rootfs().join("tmp/x").exists());
+    let out = env.hull_out(&["delete", "--force", "c1"]);
+    assert!(out.status.success());
+    env.assert_clean();
+}
+
 /// Seccomp user notification would hand the guest kernel's listener fd to a host agent:
 /// refused at create, naming the field, with nothing left behind.
 #[test]
