@@ -47,6 +47,7 @@ impl Containerd {
         Self::start_in(Env::new(name).hostile())
     }
 
+    /// containerd with hull's runtime configured as deploy/containerd-hull.toml has it.
     fn start_in(env: Env) -> Containerd {
         let socket = env.dir.join("containerd.sock");
         let config = env.dir.join("containerd.toml");
@@ -56,7 +57,7 @@ impl Containerd {
             format!(
                 "version = 2\nroot = \"{root}/root\"\nstate = \"{root}/run\"\n[grpc]\n  address = \"{sock}\"\n\
                  [{cri}]\n  restrict_oom_score_adj = true\n  sandbox_image = \"{PAUSE_IMAGE}\"\n\
-                 [{cri}.containerd.runtimes.hull]\n  runtime_type = \"{RUNTIME}\"\n\
+                 [{cri}.containerd.runtimes.hull]\n  runtime_type = \"{RUNTIME}\"\n  privileged_without_host_devices = true\n\
                  [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
                  [{cri}.cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{root}/net.d\"\n",
                 root = env.dir.display(),

@@ -38,6 +38,8 @@ pub struct ContainerSpec<'a> {
     pub seccomp: Option<SecurityProfile>,
     /// Capabilities added to (or dropped from) the runtime's default set.
     pub capabilities: Option<Capability>,
+    /// `securityContext.privileged` (its pod must be privileged too).
+    pub privileged: bool,
 }
 
 impl Cri {
@@ -73,6 +75,17 @@ impl Cri {
 
     /// RunPodSandbox with the runtime handler `handler` (`hull`, or `runc` to compare).
     pub fn run_pod_with(&mut self, name: &str, handler: &str, share_pid: bool) -> Result<Pod, tonic::Status> {
+        self.run_pod_as(name, handler, share_pid, false)
+    }
+
+    /// RunPodSandbox, of a privileged pod if `privileged` (which privileged containers need).
+    pub fn run_pod_as(
+        &mut self,
+        name: &str,
+        handler: &str,
+        share_pid: bool,
+        privileged: bool,
+    ) -> Result<Pod, tonic::Status> {
         let log_directory = self.log_dir.join(name);
         std::fs::create_dir_all(&log_directory).unwrap();
         let config = PodSandboxConfig {
@@ -90,6 +103,7 @@ impl Cri {
                         pid: if share_pid { NamespaceMode::Pod } else { NamespaceMode::Container } as i32,
                         ..Default::default()
                     }),
+                    privileged,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -134,6 +148,7 @@ impl Cri {
                         .and_then(|s| s.namespace_options.clone()),
                     seccomp: spec.seccomp,
                     capabilities: spec.capabilities,
+                    privileged: spec.privileged,
                     ..Default::default()
                 }),
             }),

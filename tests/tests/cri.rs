@@ -282,3 +282,51 @@ fn seccomp_profiles_and_added_capabilities_reach_pod_containers() {
     cri.remove_pod(&pod);
     c.assert_clean();
 }
+
+/// A privileged container in a VM: every capability, no seccomp filter, no masked or
+/// read-only paths, and no device of the host's list (deploy/containerd-hull.toml sets
+/// `privileged_without_host_devices`, as Kata's documentation asks): its device nodes are
+/// made in the guest, where the host's numbers would name the guest's devices.
+#[test]
+fn a_privileged_container_gets_every_capability_and_no_host_device() {
+    let (c, mut cri) = setup("cri-privileged");
+    let pod = cri
+        .run_pod_as("root", "hull", false, true)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\nshim log:\n{}", c.shim_log()));
+    let id = cri
+        .start_container(
+            &pod,
+            ContainerSpec {
+                name: "privileged",
+                image: IMAGE,
+                args: &["sleep", "606"],
+                privileged: true,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\nshim log:\n{}", c.shim_log()));
+    let script = "grep -E '^(CapEff|Seccomp):' /proc/1/status; ls /dev; \
+                  touch /proc/sys/kernel/hostname && echo proc-sys-writable; \
+                  ls /proc/acpi >/dev/null 2>&1; cat /proc/timer_list | head -1 | grep -q Timer && echo timer-list-visible";
+    let out = cri.exec_sync(&id, &["sh", "-c", script]);
+    let stdout = text(&out.stdout);
+    // Every capability containerd knows (the host's bounding set: these machines lack
+    // CAP_SYS_RESOURCE), as runc's privileged containers get.
+    let host_bounding = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:\t").map(str::to_string))
+        .unwrap();
+    assert!(stdout.contains(&format!("CapEff:\t{host_bounding}\n")), "{stdout}");
+    assert!(stdout.contains("Seccomp:\t0\n"), "a privileged container has no filter: {stdout}");
+    assert!(stdout.contains("proc-sys-writable"), "readonly paths stay: {stdout}");
+    assert!(stdout.contains("timer-list-visible"), "masked paths stay: {stdout}");
+    // No device of the host's list: /dev is the default set, made in the guest.
+    let devices: Vec<&str> = stdout.lines().filter(|l| !l.contains(':') && !l.contains('-')).collect();
+    for host_only in ["kvm", "vda", "zram0", "loop0", "btrfs-control"] {
+        assert!(!devices.contains(&host_only), "host device {host_only} in the container: {devices:?}");
+    }
+    assert!(devices.contains(&"null") && devices.contains(&"urandom"), "{devices:?}");
+    cri.remove_pod(&pod);
+    c.assert_clean();
+}
