@@ -3,28 +3,34 @@
 //! libcontainer 0.7 builds an exec's spec from the container's namespaces, cgroup path,
 //! personality and time offsets only: the container's seccomp profile is left out, so
 //! `hull exec` and `kubectl exec` ran unfiltered. The filter is loaded here instead, by the
-//! executor libcontainer calls last, just before execve. By then libcontainer has dropped the
-//! process's capabilities, and without no_new_privs the kernel lets only CAP_SYS_ADMIN load a
-//! filter. So libcontainer is given the process with CAP_SYS_ADMIN and CAP_SETPCAP added and
-//! without `noNewPrivileges`, and this executor sets no_new_privs if it was asked for, loads
-//! the filter, then drops the capabilities to what the process asked: runc's order.
+//! executor libcontainer calls last, just before execve, in runc's order:
+//!
+//! - With `noNewPrivileges`, libcontainer has dropped the capabilities and set no_new_privs,
+//!   and the kernel lets anyone load a filter then: the executor only loads it.
+//! - Without it, loading takes CAP_SYS_ADMIN, which libcontainer has dropped by then. So the
+//!   process is handed to libcontainer with CAP_SYS_ADMIN added to the effective and
+//!   permitted sets it names, and the executor loads the filter, then sets those two sets
+//!   back to what the process asked. The bounding set is never widened, so execve cannot
+//!   bring CAP_SYS_ADMIN back; a set the process leaves out stays as libcontainer leaves it.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use caps::CapSet;
+use libcontainer::capabilities::CapabilityExt;
 use libcontainer::workload::default::DefaultExecutor;
-use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
-use oci_spec::runtime::{LinuxCapabilities, LinuxSeccomp, Spec};
+use libcontainer::workload::{Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError};
+use oci_spec::runtime::{Capabilities, LinuxSeccomp, Spec};
 use serde_json::{json, Value};
 
-/// What loading the filter needs for the moment between libcontainer's drop and ours.
-const LOADING_CAPS: [&str; 2] = ["CAP_SYS_ADMIN", "CAP_SETPCAP"];
+/// What loading a filter without no_new_privs takes.
+const LOADING_CAP: &str = "CAP_SYS_ADMIN";
 
 #[derive(Clone)]
 pub struct SeccompExecutor {
     seccomp: LinuxSeccomp,
-    capabilities: Option<LinuxCapabilities>,
-    no_new_privileges: bool,
+    /// The effective and permitted sets to put back after loading, when widened for it.
+    restore: Vec<(CapSet, Capabilities)>,
 }
 
 /// For an exec whose container has a seccomp profile: rewrites `process_file` as described
@@ -34,31 +40,22 @@ pub fn prepare(process_file: &Path, container_config: &Path) -> Result<Option<Se
         .with_context(|| format!("reading {}", container_config.display()))?;
     let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().clone()) else { return Ok(None) };
     let mut process: Value = serde_json::from_slice(&std::fs::read(process_file)?)?;
-    let no_new_privileges = process.get("noNewPrivileges") == Some(&Value::Bool(true));
-    let capabilities: Option<LinuxCapabilities> = match process.get("capabilities") {
-        Some(c) if !c.is_null() => Some(serde_json::from_value(c.clone()).context("process.capabilities")?),
-        // Without capabilities libcontainer drops none: the process keeps root's, and can load.
-        _ => None,
-    };
-    if let Some(object) = process.as_object_mut() {
-        object.remove("noNewPrivileges");
-    }
-    if capabilities.is_some() {
-        for set in ["bounding", "effective", "permitted"] {
-            let list = &mut process["capabilities"][set];
-            if !list.is_array() {
-                *list = json!([]);
+    let mut restore = Vec::new();
+    if process.get("noNewPrivileges") != Some(&Value::Bool(true)) {
+        for (key, set) in [("effective", CapSet::Effective), ("permitted", CapSet::Permitted)] {
+            let Some(list) = process.get_mut("capabilities").and_then(|c| c.get_mut(key)) else { continue };
+            let Some(names) = list.as_array_mut() else { continue };
+            if names.iter().any(|n| n == LOADING_CAP) {
+                continue;
             }
-            let names = list.as_array_mut().expect("made an array above");
-            for cap in LOADING_CAPS {
-                if !names.iter().any(|n| n == cap) {
-                    names.push(json!(cap));
-                }
-            }
+            let original: Capabilities = serde_json::from_value(Value::Array(names.clone()))
+                .with_context(|| format!("process.capabilities.{key}"))?;
+            names.push(json!(LOADING_CAP));
+            restore.push((set, original));
         }
     }
     std::fs::write(process_file, serde_json::to_vec(&process)?)?;
-    Ok(Some(SeccompExecutor { seccomp, capabilities, no_new_privileges }))
+    Ok(Some(SeccompExecutor { seccomp, restore }))
 }
 
 fn failed(e: impl std::fmt::Display) -> ExecutorError {
@@ -67,19 +64,22 @@ fn failed(e: impl std::fmt::Display) -> ExecutorError {
 
 impl Executor for SeccompExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        if self.no_new_privileges {
-            nix::sys::prctl::set_no_new_privs().map_err(|e| failed(format!("no_new_privs: {e}")))?;
-        }
+        // The notify fd, if any, is close-on-exec; the host refuses notify profiles anyway.
         libcontainer::seccomp::initialize_seccomp(&self.seccomp).map_err(|e| failed(format!("seccomp: {e}")))?;
-        if let Some(caps) = &self.capabilities {
-            let syscall = libcontainer::syscall::syscall::create_syscall();
-            libcontainer::capabilities::drop_privileges(caps, syscall.as_ref())
-                .map_err(|e| failed(format!("dropping capabilities: {e}")))?;
+        let syscall = libcontainer::syscall::syscall::create_syscall();
+        // Effective first: it must stay within permitted at every step.
+        for (set, caps) in &self.restore {
+            let caps: caps::CapsHashSet = caps.iter().map(|c| c.to_cap()).collect();
+            syscall.set_capability(*set, &caps).map_err(|e| failed(format!("restoring capabilities: {e}")))?;
         }
         DefaultExecutor {}.exec(spec)
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         DefaultExecutor {}.validate(spec)
+    }
+
+    fn setup_envs(&self, envs: std::collections::HashMap<String, String>) -> Result<(), ExecutorSetEnvsError> {
+        DefaultExecutor {}.setup_envs(envs)
     }
 }

@@ -159,6 +159,23 @@ fn exec_runs_under_the_containers_seccomp_profile() {
     assert!(!b.rootfs().join("tmp/x").exists());
     let out = env.hull_out(&["delete", "--force", "c1"]);
     assert!(out.status.success());
+
+    // With no_new_privs the filter is loaded last, after the capabilities are dropped, as
+    // runc does: a profile that denies capset still lets such an exec run.
+    let b = env.bundle("capset", &["sleep", "600"]);
+    b.edit(|c| {
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["capset"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+    });
+    let out = env.hull_detached(&["run", "-d", "--bundle", b.path(), "c2"]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let out = env.hull_out(&["exec", "--no-new-privs", "c2", "grep", "Seccomp:", "/proc/self/status"]);
+    assert!(out.status.success(), "exec --no-new-privs under a capset-denying profile: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "Seccomp:\t2\n");
+    let out = env.hull_out(&["delete", "--force", "c2"]);
+    assert!(out.status.success());
     env.assert_clean();
 }
 
