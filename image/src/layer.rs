@@ -172,11 +172,6 @@ impl Applier {
         }
     }
 
-    /// Device nodes seen and not created, by path.
-    pub fn skipped_devices(&self) -> &[String] {
-        &self.skipped_devices
-    }
-
     pub fn entries(&self) -> u64 {
         self.entries
     }

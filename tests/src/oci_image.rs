@@ -206,10 +206,7 @@ impl Layout {
 /// A digest of every name, type, mode, owner, link target and content under `dir`: the
 /// canary the hostile tests check is untouched.
 pub fn tree_digest(dir: &Path) -> String {
-    let mut listing = Vec::new();
-    walk(dir, dir, &mut listing);
-    listing.sort();
-    sha256_hex(listing.join("\n").as_bytes())
+    sha256_hex(tree_listing(dir).join("\n").as_bytes())
 }
 
 /// Every entry under `dir`, one line each: path, mode, owner, and type with content digest
