@@ -6,6 +6,7 @@ packages=(
   libseccomp-dev libcap-ng-dev                                                 # virtiofsd, static agent
   busybox-static iproute2 curl runc podman containerd containernetworking-plugins  # tests, demo, baselines
   protobuf-compiler                                                            # CRI test client (k8s-cri)
+  nftables                                                                     # the shim's CRI port-forward
   umoci                                                                        # make bench: hull unpack's peer
 )
 missing=()

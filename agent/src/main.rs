@@ -2,7 +2,8 @@
 //!
 //! Started by the kernel as `/init` of the initramfs. It prepares the guest (mounts, a root
 //! that `pivot_root` can leave), then serves the host over vsock: framed JSON control requests
-//! on [`hull_protocol::CONTROL_PORT`] and raw stdio streams on [`hull_protocol::STDIO_PORT`].
+//! on [`hull_protocol::CONTROL_PORT`], raw stdio streams on [`hull_protocol::STDIO_PORT`] and
+//! forwarded TCP connections on [`hull_protocol::FORWARD_PORT`].
 //!
 //! Containers are created by re-executing this binary as a short-lived, single-threaded
 //! helper (`hull-agent create-helper …`), because libcontainer forks with `clone3` from the
@@ -14,6 +15,7 @@ mod containers;
 mod control;
 mod create_helper;
 mod exec_seccomp;
+mod forward;
 mod guest_init;
 #[cfg(feature = "hostile")]
 mod hostile;
@@ -62,5 +64,6 @@ fn run() -> anyhow::Result<()> {
         }
     });
     stdio::serve(registry.clone())?;
+    forward::serve()?;
     control::serve(registry, events)
 }

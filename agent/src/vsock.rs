@@ -32,6 +32,11 @@ impl Stream {
     pub fn shutdown_write(&self) {
         let _ = socket::shutdown(self.0.as_raw_fd(), Shutdown::Write);
     }
+
+    /// End the connection both ways; a thread blocked reading a clone of it wakes up.
+    pub fn shutdown_both(&self) {
+        let _ = socket::shutdown(self.0.as_raw_fd(), Shutdown::Both);
+    }
 }
 
 impl Read for Stream {

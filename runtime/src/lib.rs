@@ -25,6 +25,7 @@ pub mod jail;
 pub mod log_sink;
 pub mod network;
 pub mod pod;
+pub mod port_forward;
 pub mod process;
 pub mod sandbox;
 pub mod share;

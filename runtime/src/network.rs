@@ -135,6 +135,11 @@ pub struct Record {
 }
 
 impl Attachment {
+    /// The namespace the VM is attached to.
+    pub fn namespace(&self) -> &File {
+        &self.netns
+    }
+
     pub fn record(&self) -> Record {
         Record { netns: self.netns_path.clone(), veth_indexes: self.veth_indexes.clone() }
     }

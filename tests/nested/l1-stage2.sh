@@ -48,6 +48,27 @@ hostname hull-l1
 log "KVM ready: $(dmesg | grep -m1 -o "SVM: kvm: Nested Paging.*" || echo "kvm_amd loaded")"
 date +%s > "$scratch/l1-up"
 
+# A heartbeat on the serial console, which needs neither virtio-fs share: run-l1.sh tells a
+# dead L1 kernel (no beat) from a stuck workload (beats, no output), and a beat names tasks
+# stuck in uninterruptible sleep (with their stacks, once per streak). Its busybox is copied
+# to tmpfs, named busybox (so it takes its first argument as the applet), so the beat runs
+# even when the root share does not answer.
+mkdir -p /run/hull-l1 && cp /bin/busybox /run/hull-l1/busybox
+/run/hull-l1/busybox sh -c '
+  bb=/run/hull-l1/busybox streak=0
+  while :; do
+    d=0
+    for s in /proc/[0-9]*/stat; do
+      read -r line < "$s" 2>/dev/null || continue
+      case ${line##*) } in D*) d=$((d + 1)) ;; esac
+    done
+    read -r up _ < /proc/uptime; read -r load < /proc/loadavg
+    echo "hull-l1: beat up=$up load=$load D=$d" > /dev/console
+    if [ $d -gt 0 ]; then streak=$((streak + 1)); else streak=0; fi
+    [ $streak -eq 6 ] && echo w > /proc/sysrq-trigger
+    $bb sleep 20
+  done' < /dev/null > /dev/null 2>&1 &
+
 cd "$(cat "$scratch/cwd")"
 /bin/sh "$scratch/cmd" > "$scratch/out.log" 2>&1
 echo $? > "$scratch/rc"

@@ -66,10 +66,12 @@ trap cleanup EXIT
 # its lower layer, and L1 mounts its own there anyway.
 "$virtiofsd" --socket-path="$scratch/root.sock" --shared-dir=/ --readonly --cache=always --no-announce-submounts \
   --sandbox=namespace --seccomp=kill --log-level=error 2> "$scratch/virtiofsd-root.log" &
-pids+=($!)
+vfs_root=$!
+pids+=($vfs_root)
 "$virtiofsd" --socket-path="$scratch/scratch.sock" --shared-dir="$scratch" --cache=never \
   --sandbox=namespace --seccomp=kill --log-level=error 2> "$scratch/virtiofsd-scratch.log" &
-pids+=($!)
+vfs_scratch=$!
+pids+=($vfs_scratch)
 for s in root scratch; do
   for _ in $(seq 100); do [ -S "$scratch/$s.sock" ] && break; sleep 0.05; done
   [ -S "$scratch/$s.sock" ] || rig_fail "virtiofsd for $s did not start: $(cat "$scratch/virtiofsd-$s.log")"
@@ -95,7 +97,7 @@ started=$(date +%s)
   -M microvm,acpi=on,pit=on,pic=on,rtc=on,x-option-roms=off,memory-backend=mem -accel tcg -cpu max \
   -smp "$cpus" -m "${mem}M" -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" \
   -nodefaults -no-user-config -nographic -display none -no-reboot \
-  -serial "file:$scratch/console.log" \
+  -serial "file:$scratch/console.log" -monitor "unix:$scratch/hmp.sock,server=on,wait=off" \
   -kernel "$kdir/vmlinuz" -initrd "$initrd" \
   -append "console=ttyS0 panic=-1 reboot=t hull.stage2=$here/l1-stage2.sh hull.scratch=$scratch tsc_early_khz=$tsc_khz kvm_amd.npt=0 ${HULL_L1_APPEND:-}" \
   -chardev "socket,id=root,path=$scratch/root.sock" -device vhost-user-fs-device,chardev=root,tag=root \
@@ -106,10 +108,46 @@ pids=("$qemu_pid" "${pids[@]}")
 qemu_rc=
 # L1 boots in seconds; one that has not reached stage 2 (KVM loaded) by then is stuck.
 boot_deadline=${HULL_L1_BOOT_DEADLINE:-180}
+# Stage 2 beats on L1's console every 20 s (l1-stage2.sh); no beat for this long means L1's
+# kernel stopped running: its state goes to SCRATCH/stall.txt, and the run fails.
+beat_deadline=${HULL_L1_BEAT_DEADLINE:-150}
+beats=0 last_beat= last_check=0
+stall_report() {  # what happened
+  {
+    echo "$1 at $(date -u +%FT%TZ), $(( $(date +%s) - started ))s after L1's start"
+    echo "QEMU: $(ps -o pid=,etimes=,time=,stat= -p "$qemu_pid" 2>&1); threads:"
+    ps -L -o tid=,stat=,time=,wchan:32=,comm= -p "$qemu_pid" 2>&1
+    for v in "root:$vfs_root" "scratch:$vfs_scratch"; do
+      echo "virtiofsd ${v%%:*}: $(ps -o pid=,stat=,time=,wchan:32= -p "${v#*:}" 2>&1 || echo gone)"
+    done
+    "$here/hmp.py" "$scratch/hmp.sock" "info status" "info cpus" "info registers -a" \
+      "cpu 0" "info lapic" "cpu 1" "info lapic" "info pic" "info irq" 2>&1
+  } > "$scratch/stall.txt" 2>&1
+}
 while [ -z "$qemu_rc" ]; do
   now=$(date +%s)
+  if [ $(( now - last_check )) -ge 10 ] && [ -f "$scratch/l1-up" ]; then
+    last_check=$now last_beat=${last_beat:-$now}
+    n=$(grep -c "^hull-l1: beat" "$scratch/console.log" 2>/dev/null || true)
+    if [ "${n:-0}" -gt "$beats" ]; then beats=$n last_beat=$now; fi
+  fi
   if ! kill -0 "$qemu_pid" 2>/dev/null; then
     wait "$qemu_pid" && qemu_rc=0 || qemu_rc=$?
+  elif ! kill -0 "$vfs_root" 2>/dev/null || ! kill -0 "$vfs_scratch" 2>/dev/null; then
+    # L1 would wait on the dead share for ever, without a word on its console.
+    for v in "root:$vfs_root" "scratch:$vfs_scratch"; do
+      kill -0 "${v#*:}" 2>/dev/null && continue
+      wait "${v#*:}" && r=0 || r=$?
+      qemu_rc="the virtiofsd of L1's ${v%%:*} share exited ($r$( [ "$r" -gt 128 ] && echo ": signal $((r - 128))"))"
+    done
+    stall_report "$qemu_rc"
+    kill -KILL "$qemu_pid"
+    wait "$qemu_pid" || true
+  elif [ -n "$last_beat" ] && [ $(( now - last_beat )) -ge "$beat_deadline" ]; then
+    stall_report "L1's console had its last heartbeat $(( now - last_beat ))s ago"
+    kill -KILL "$qemu_pid"
+    wait "$qemu_pid" || true
+    qemu_rc="stuck: L1's console has had no heartbeat for ${beat_deadline}s (its state: $scratch/stall.txt)"
   elif [ $(( now - started )) -ge "$timeout" ]; then
     kill -KILL "$qemu_pid"
     wait "$qemu_pid" || true
@@ -137,7 +175,7 @@ fi
 if [ ! -f "$scratch/rc" ]; then
   case $qemu_rc in
     timeout) why="killed after ${timeout}s" ;;
-    stuck* | *panicked) why=$qemu_rc ;;
+    stuck* | *panicked | the\ virtiofsd*) why=$qemu_rc ;;
     *) why="QEMU exited $qemu_rc" ;;
   esac
   echo "run-l1: --- last lines of L1's console ---" >&2

@@ -4,13 +4,18 @@
 # foundation suite on QEMU with -accel kvm. Each file's cargo output goes to
 # LOG_DIR/<backend>-<file>.log; a file that runs past its deadline is killed, with the
 # process tree saved beside its log. The "suite:" lines are what make test prints in its table.
+# What runs is FROZEN, the copy freeze.sh made of the host's build: it is mounted over
+# target/release and build/assets here, and the test executables run without cargo.
 #
-#   tests/nested/suite-in-l1.sh LOG_DIR
+#   tests/nested/suite-in-l1.sh LOG_DIR FROZEN
 set -u
-logs=${1:?usage: suite-in-l1.sh LOG_DIR}
+logs=${1:?usage: suite-in-l1.sh LOG_DIR FROZEN}
+frozen=${2:?usage: suite-in-l1.sh LOG_DIR FROZEN}
 mkdir -p "$logs"
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
+mount --bind "$frozen/release" target/release && mount --bind "$frozen/assets" build/assets \
+  || { echo "suite: L1 FAILED: could not mount the frozen build $frozen"; exit 125; }
 status=0
 # A failed test's guest console and VMM log land here (tests/src/lib.rs, Env::keep_logs).
 export HULL_TEST_ARTIFACTS="$logs/artifacts"
@@ -24,10 +29,11 @@ fi
 
 run_file() {  # label, test file
   log="$logs/$1-$2.log"
+  exe=$(awk -v n="$2" '$1 == n {print $2}' "$frozen/tests.list")
+  [ -n "$exe" ] || { echo "suite: $1 $2: no frozen test executable"; status=1; return; }
   start=$(date +%s)
-  # --offline: L1 has no network; everything was built on the host before L1 started.
-  timeout --signal=KILL "$deadline" cargo test --offline --release --locked -p hull-tests --test "$2" \
-    -- --test-threads=1 > "$log" 2>&1 &
+  # As cargo test runs it: from the package's directory.
+  (cd tests && exec timeout --signal=KILL "$deadline" "$repo/target/release/deps/$exe" --test-threads=1) > "$log" 2>&1 &
   pid=$!
   while kill -0 $pid 2>/dev/null; do
     if [ $(( $(date +%s) - start )) -ge $(( deadline - 5 )) ]; then
@@ -43,16 +49,8 @@ run_file() {  # label, test file
   [ $rc -eq 0 ] || status=1
 }
 
-# The host built every test binary before L1 started; compiling here (slowly, under TCG,
-# into L1's tmpfs) means that build was stale, which the summary should say.
-cargo test --offline --release --locked -p hull-tests --tests --no-run > "$logs/build.log" 2>&1 \
-  || { echo "suite: L1 FAILED: cargo could not build the tests"; tail -20 "$logs/build.log"; exit 125; }
-if grep -q "Compiling" "$logs/build.log"; then
-  echo "suite: NOTE: the host's test build was stale; L1 compiled: $(grep -c Compiling "$logs/build.log") crates"
-fi
-
-files=$(ls tests/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//')
-for f in $files; do run_file hull-vmm "$f"; done
+# Every file of tests/tests has its executable in the list (freeze.sh).
+for f in $(ls tests/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//'); do run_file hull-vmm "$f"; done
 HULL_BACKEND=qemu run_file qemu-kvm foundation
 cat "$logs"/hull-vmm-*.log > "$logs/L1 hull-vmm e2e.all"
 tests/nested/tally.sh "L1 hull-vmm e2e" "$logs/L1 hull-vmm e2e.all"

@@ -9,8 +9,8 @@ use k8s_cri::v1::{
     Capability, ContainerConfig, ContainerMetadata, ContainerStatus, CreateContainerRequest, ExecSyncRequest,
     ExecSyncResponse, ImageSpec, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    SecurityProfile, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    PodSandboxMetadata, PodSandboxStatusRequest, PortForwardRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, SecurityProfile, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -120,6 +120,12 @@ impl Cri {
         let request = PodSandboxStatusRequest { pod_sandbox_id: pod.id.clone(), verbose: false };
         let status = self.call(async move |c| c.pod_sandbox_status(request).await).unwrap();
         status.status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default()
+    }
+
+    /// PortForward: the streaming URL through which `port` of the pod is reached.
+    pub fn port_forward(&mut self, pod: &Pod, port: u16) -> String {
+        let request = PortForwardRequest { pod_sandbox_id: pod.id.clone(), port: vec![port.into()] };
+        self.call(async move |c| c.port_forward(request).await).expect("PortForward").url
     }
 
     /// CreateContainer + StartContainer; returns the container id.

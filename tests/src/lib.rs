@@ -15,6 +15,7 @@ pub mod console;
 pub mod containerd;
 pub mod cri;
 pub mod oci_image;
+pub mod port_forward;
 pub mod vmm;
 
 /// The initramfs with the test-only hostile agent (`make initramfs-hostile`, which `make test`

@@ -109,6 +109,59 @@ fn a_pod_is_one_vm_whose_containers_share_its_network_and_pid_namespace() {
     assert_eq!(vm_count(), 0);
 }
 
+/// `kubectl port-forward`: containerd dials `localhost:PORT` in the pod's network namespace on
+/// the host, where no process of the guest listens; hull carries each such connection to the
+/// port on the loopback of the pod in the guest.
+#[test]
+fn port_forward_reaches_a_server_on_the_pods_loopback() {
+    let (c, mut cri) = setup("cri-portfwd");
+    let pod = cri.run_pod("fwd", false).unwrap_or_else(|e| panic!("RunPodSandbox: {e}\nshim log:\n{}", c.shim_log()));
+    let server = "mkdir -p /www && echo forwarded-ok > /www/hello && exec httpd -f -p 127.0.0.1:8080 -h /www";
+    let web = cri
+        .start_container(
+            &pod,
+            ContainerSpec { name: "web", image: IMAGE, args: &["sh", "-c", server], ..Default::default() },
+        )
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\nshim log:\n{}", c.shim_log()));
+    for _ in 0..50 {
+        if cri.exec_sync(&web, &["wget", "-qO-", "http://127.0.0.1:8080/hello"]).exit_code == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The server listens on the pod's loopback only: from outside the pod it is not there.
+    let ip = cri.pod_ip(&pod);
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", &format!("http://{ip}:8080/hello")])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "the pod's loopback server answered on {ip}: {}", text(&out.stdout));
+
+    // Two connections, one after the other, each its own stream.
+    for round in 0..2 {
+        let url = cri.port_forward(&pod, 8080);
+        let got = hull_tests::port_forward::exchange(&url, 8080, b"GET /hello HTTP/1.0\r\n\r\n")
+            .unwrap_or_else(|e| panic!("port-forward {round} via {url}: {e}\nshim log:\n{}", c.shim_log()));
+        let data = text(&got.data);
+        assert!(
+            data.starts_with("HTTP/1.") && data.contains(" 200 "),
+            "round {round}: {data:?} (error channel: {:?})",
+            text(&got.error)
+        );
+        assert!(data.ends_with("\r\n\r\nforwarded-ok\n"), "round {round}: the body came through: {data:?}");
+        assert!(got.error.is_empty(), "round {round}: error channel: {}", text(&got.error));
+    }
+    // A port nothing listens on in the pod: no data, and containerd reports an error.
+    let url = cri.port_forward(&pod, 8081);
+    let got = hull_tests::port_forward::exchange(&url, 8081, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    assert!(got.data.is_empty(), "port 8081 answered: {:?}", text(&got.data));
+    assert!(!got.error.is_empty(), "port 8081: containerd reported no error");
+
+    cri.remove_pod(&pod);
+    c.assert_clean();
+    assert_eq!(vm_count(), 0);
+}
+
 #[test]
 fn separate_pid_namespaces_exit_codes_and_oom_killed() {
     let (c, mut cri) = setup("cri-status");

@@ -6,12 +6,15 @@
 //! [`Event`]s at any time.
 //!
 //! Process stdio never travels in JSON: each stream is its own connection to [`STDIO_PORT`]
-//! that starts with one [`StreamHeader`] line and then carries raw bytes.
+//! that starts with one [`StreamHeader`] line and then carries raw bytes. A forwarded TCP
+//! connection (CRI port-forward) is likewise its own connection to [`FORWARD_PORT`]
+//! ([`forward`]).
 //!
 //! Both sides treat what they read as hostile: frames are length-capped before allocation and
 //! every field is validated by the receiver.
 
 pub mod budget;
+pub mod forward;
 pub mod frame;
 pub mod messages;
 pub mod network;
@@ -28,5 +31,7 @@ pub use stream::{StreamHeader, StreamKind};
 pub const CONTROL_PORT: u32 = 1024;
 /// vsock port on which the agent accepts stdio streams.
 pub const STDIO_PORT: u32 = 1025;
+/// vsock port on which the agent accepts forwarded TCP connections ([`forward`]).
+pub const FORWARD_PORT: u32 = 1026;
 /// Protocol version; the handshake fails when host and agent disagree.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

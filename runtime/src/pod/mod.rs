@@ -38,6 +38,7 @@ use crate::agent::{Agent, AgentNotice};
 use crate::bundle::Bundle;
 use crate::hypervisor::Nic;
 use crate::network::{self, Attachment};
+use crate::port_forward::LocalhostForward;
 use crate::process::ProcessError;
 use crate::sandbox::{Booted, Sandbox, SandboxConfig};
 use crate::share::{self, Exposed};
@@ -104,6 +105,9 @@ pub struct PodConfig<'a> {
     /// Called before anything changes in the network namespace, with what must be undone
     /// there should this process die (the CLI keeps it in `state.json`).
     pub on_network: &'a mut dyn FnMut(&network::Record) -> Result<()>,
+    /// Forward TCP connections to the loopback of the attached namespace into the guest
+    /// (CRI port-forward: containerd dials `localhost:PORT` there).
+    pub forward_localhost: bool,
 }
 
 /// What a pod is made of once its VM runs.
@@ -217,6 +221,7 @@ pub struct Pod {
     events: EventSink,
     vm: Mutex<Option<Box<dyn Vm>>>,
     network: Mutex<Option<Attachment>>,
+    forward: Mutex<Option<LocalhostForward>>,
     /// Warnings the guest can trigger (notices about processes it was never given) are
     /// logged through this, so a flood cannot fill the host's logs.
     guest_warnings: Mutex<hull_protocol::LogBudget>,
@@ -286,7 +291,7 @@ impl Pod {
                 .configure_network(&net.interfaces, &net.routes)
                 .map_err(error::agent("configuring the guest network"))?;
         }
-        Self::assemble(Parts {
+        let pod = Self::assemble(Parts {
             dir: config.dir,
             share: config.share,
             vm: Box::new(sandbox),
@@ -295,7 +300,24 @@ impl Pod {
             network,
             events,
             kill_grace: KILL_GRACE,
-        })
+        })?;
+        if config.forward_localhost {
+            pod.forward_localhost();
+        }
+        Ok(pod)
+    }
+
+    /// Start the port-forward into the guest; without it the pod still runs, so a failure
+    /// is a warning.
+    fn forward_localhost(&self) {
+        let started = match lock(&self.network).as_ref() {
+            Some(net) => LocalhostForward::start(net.namespace(), &self.vsock_socket),
+            None => return,
+        };
+        match started {
+            Ok(forward) => *lock(&self.forward) = Some(forward),
+            Err(e) => tracing::warn!("port-forward will not reach this pod: {e}"),
+        }
     }
 
     /// A pod over a running VM and its agent (see [`Parts`]): starts following the VM's
@@ -314,6 +336,7 @@ impl Pod {
             events,
             vm: Mutex::new(Some(vm)),
             network: Mutex::new(network),
+            forward: Mutex::new(None),
             guest_warnings: Mutex::new(hull_protocol::LogBudget::new(8)),
             kill_grace,
         });
@@ -832,6 +855,7 @@ impl Pod {
     }
 
     fn stop_vm(&self) {
+        drop(lock(&self.forward).take());
         if let Some(mut vm) = lock(&self.vm).take() {
             vm.shutdown();
         }

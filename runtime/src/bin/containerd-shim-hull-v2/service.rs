@@ -209,6 +209,7 @@ impl Service {
                 first_id: &id,
                 first: &bundle,
                 on_network: &mut |_| Ok(()),
+                forward_localhost: true,
             };
             Pod::boot(config, sink)
         });

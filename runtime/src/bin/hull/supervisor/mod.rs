@@ -138,6 +138,8 @@ impl Supervisor {
                 first_id: &id,
                 first: bundle,
                 on_network: &mut record_network,
+                // runc makes no such forward; CRI's port-forward is the shim's.
+                forward_localhost: false,
             },
             sink,
         )?;
