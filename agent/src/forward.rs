@@ -14,9 +14,10 @@ use hull_protocol::FORWARD_PORT;
 use crate::log;
 use crate::vsock::{Listener, Stream};
 
-/// How long a connect to the sandbox's loopback may take (it is local: this is generous).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the client's direction may go on once the server's has ended.
+/// How long each connect to the sandbox's loopback may take: it is local, and both attempts
+/// must fit well within the host's 10 s for an answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one direction may go on once the other has ended.
 const LINGER: Duration = Duration::from_secs(1);
 
 pub fn serve() -> io::Result<()> {
@@ -51,22 +52,35 @@ fn relay(mut conn: Stream) -> io::Result<()> {
         }
     };
     conn.write_all(ForwardReply::Connected.to_string().as_bytes())?;
-    let (mut tcp_in, mut conn_out) = (tcp.try_clone()?, conn.try_clone()?);
-    let (done, upstream_done) = std::sync::mpsc::channel();
-    let upstream = std::thread::Builder::new().name("forward-up".into()).spawn(move || {
-        let _ = io::copy(&mut conn, &mut &tcp);
-        let _ = tcp.shutdown(std::net::Shutdown::Write);
-        let _ = done.send(());
+    let (tcp_in, conn_in) = (tcp.try_clone()?, conn.try_clone()?);
+    let (done, ended) = std::sync::mpsc::channel();
+    let up_done = done.clone();
+    let up = std::thread::Builder::new().name("forward-up".into()).spawn({
+        let tcp = tcp.try_clone()?;
+        move || {
+            let _ = io::copy(&mut { conn_in }, &mut &tcp);
+            let _ = tcp.shutdown(std::net::Shutdown::Write);
+            let _ = up_done.send(());
+        }
     })?;
-    let _ = io::copy(&mut tcp_in, &mut conn_out);
-    conn_out.shutdown_write();
-    // The server is done. As containerd does with its end, the other direction gets a second,
-    // then the connection ends: vhost-device-vsock does not carry a half-close to the host,
-    // which would otherwise wait for the end for ever.
-    let _ = upstream_done.recv_timeout(LINGER);
-    conn_out.shutdown_both();
-    let _ = tcp_in.shutdown(std::net::Shutdown::Both);
-    let _ = upstream.join();
+    let down = std::thread::Builder::new().name("forward-down".into()).spawn({
+        let conn = conn.try_clone()?;
+        move || {
+            let mut conn = conn;
+            let _ = io::copy(&mut &tcp_in, &mut conn);
+            conn.shutdown_write();
+            let _ = done.send(());
+        }
+    })?;
+    // Once either direction has ended, the other gets a second, then the connection ends,
+    // as containerd ends its own: vhost-device-vsock carries no half-close to the host, which
+    // would otherwise wait for the end for ever.
+    let _ = ended.recv();
+    let _ = ended.recv_timeout(LINGER);
+    conn.shutdown_both();
+    let _ = tcp.shutdown(std::net::Shutdown::Both);
+    let _ = up.join();
+    let _ = down.join();
     Ok(())
 }
 

@@ -12,16 +12,16 @@
 //! fail).
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hull_protocol::forward::{self, ForwardReply, ForwardRequest};
 use nix::sched::CloneFlags;
@@ -34,7 +34,7 @@ const TABLE: &str = "hull_port_forward";
 const MAX_CONNECTIONS: usize = 64;
 /// How long the agent has to answer a forward request (it connects locally).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the dialer's direction may go on once the guest's has ended.
+/// How long one direction may go on once the other has ended.
 const LINGER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +113,10 @@ impl Drop for LocalhostForward {
 /// Every TCP connection made in the namespace to a loopback address goes to our listener,
 /// except those to the listener's own port (its original port is then that port).
 fn ruleset(v4: u16, v6: Option<u16>) -> String {
+    // One atomic batch that first removes a table a killed shim left (its redirect to a dead
+    // port would come first): `table … {}` makes sure there is one to delete.
     let mut rules = format!(
-        "table inet {TABLE} {{\n  chain localhost {{\n    type nat hook output priority -100; policy accept;\n    \
+        "table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n  chain localhost {{\n    type nat hook output priority -100; policy accept;\n    \
          ip daddr 127.0.0.0/8 tcp dport != {v4} redirect to :{v4}\n"
     );
     if let Some(v6) = v6 {
@@ -160,6 +162,7 @@ fn in_netns<T: Send>(netns: &File, f: impl FnOnce() -> Result<T, ForwardError> +
 }
 
 fn accept_loop(listener: &TcpListener, stop: &AtomicBool, open: &Arc<AtomicUsize>, vsock: &Path) {
+    let mut backoff = ACCEPT_BACKOFF;
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
@@ -168,27 +171,60 @@ fn accept_loop(listener: &TcpListener, stop: &AtomicBool, open: &Arc<AtomicUsize
         let tcp = match accepted {
             Ok((tcp, _)) => tcp,
             Err(e) => {
-                tracing::warn!("port-forward accept: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                // A lasting error (EMFILE) would otherwise log ten times a second.
+                tracing::warn!("port-forward accept: {e} (next try in {backoff:?})");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            open.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!("port-forward: {MAX_CONNECTIONS} connections already open; closing a new one");
+        backoff = ACCEPT_BACKOFF;
+        let Some(slot) = Slot::take(open) else {
+            tracing::warn!("port-forward: {MAX_CONNECTIONS} connections already open; refusing a new one");
+            reset(&tcp);
             continue;
-        }
-        let (counted, path) = (open.clone(), vsock.to_path_buf());
+        };
+        let path = vsock.to_path_buf();
         let spawned = std::thread::Builder::new().name("port-forward-conn".into()).spawn(move || {
-            if let Err(e) = forward_one(tcp, &path) {
-                tracing::info!("port-forward connection: {e}");
+            let _slot = slot;
+            match connect_guest(&tcp, &path) {
+                Ok(guest) => relay(tcp, guest),
+                Err(e) => {
+                    tracing::info!("port-forward connection: {e}");
+                    reset(&tcp);
+                }
             }
-            counted.fetch_sub(1, Ordering::SeqCst);
         });
-        if spawned.is_err() {
-            open.fetch_sub(1, Ordering::SeqCst);
+        if let Err(e) = spawned {
+            tracing::warn!("port-forward: starting a connection thread: {e}");
         }
     }
+}
+
+/// First wait after an accept error; it doubles while errors go on.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// One of the [`MAX_CONNECTIONS`], given back when dropped (a panic included).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Option<Slot> {
+        open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < MAX_CONNECTIONS).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Close with a reset, not a clean end: containerd then reports an error for the forward,
+/// where a clean close would look like a server that sent nothing.
+fn reset(tcp: &TcpStream) {
+    let _ = nix::sys::socket::setsockopt(tcp, sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 });
 }
 
 /// The port the connection was made to before the redirect.
@@ -206,41 +242,93 @@ fn original_port(tcp: &TcpStream) -> io::Result<u16> {
     }
 }
 
-fn forward_one(tcp: TcpStream, vsock: &Path) -> io::Result<()> {
-    let port = original_port(&tcp)?;
+/// Ask the agent to connect to the connection's original port in the guest; the guest has
+/// [`REPLY_TIMEOUT`] in all to answer.
+fn connect_guest(tcp: &TcpStream, vsock: &Path) -> io::Result<UnixStream> {
+    let port = original_port(tcp)?;
+    let deadline = Instant::now() + REPLY_TIMEOUT;
     let mut guest = crate::vsock::connect(vsock, hull_protocol::FORWARD_PORT, REPLY_TIMEOUT)?;
     guest.write_all(ForwardRequest { port }.to_string().as_bytes())?;
-    guest.set_read_timeout(Some(REPLY_TIMEOUT))?;
-    let line = forward::read_line(&mut guest)?;
+    let line = forward::read_line(&mut Deadline { stream: &guest, deadline })?;
     match line.parse::<ForwardReply>().map_err(io::Error::other)? {
         ForwardReply::Connected => {}
         ForwardReply::Refused(why) => {
-            // Reset, not a clean close: the dialer learns the port had nothing behind it.
-            let _ = nix::sys::socket::setsockopt(&tcp, sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 });
             return Err(io::Error::new(io::ErrorKind::ConnectionRefused, format!("the guest refused: {why}")));
         }
     }
     guest.set_read_timeout(None)?;
-    relay(tcp, guest)
+    Ok(guest)
 }
 
-/// Copy bytes both ways. Once the guest's direction has ended, the dialer's gets
-/// [`LINGER`], then the connection ends (containerd ends its own the same way).
-fn relay(tcp: TcpStream, guest: UnixStream) -> io::Result<()> {
-    let (tcp_in, guest_out) = (tcp.try_clone()?, guest.try_clone()?);
-    let (done, upstream_done) = std::sync::mpsc::channel();
-    let upstream = std::thread::Builder::new().name("port-forward-up".into()).spawn(move || {
-        let _ = io::copy(&mut &tcp_in, &mut &guest_out);
-        let _ = guest_out.shutdown(Shutdown::Write);
-        let _ = done.send(());
-    })?;
-    let _ = io::copy(&mut &guest, &mut &tcp);
-    let _ = tcp.shutdown(Shutdown::Write);
-    let _ = upstream_done.recv_timeout(LINGER);
+/// Reads from a stream until `deadline`, however the bytes trickle in.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    deadline: Instant,
+}
+
+impl io::Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the guest did not answer in time"));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
+/// Copy bytes both ways. Once either direction has ended, the other gets [`LINGER`], then
+/// the connection ends, as containerd ends its own: a guest that stops sending or reading
+/// cannot hold the connection (and its slot) open.
+fn relay(tcp: TcpStream, guest: UnixStream) {
+    let clones =
+        (|| Ok::<_, io::Error>((tcp.try_clone()?, tcp.try_clone()?, guest.try_clone()?, guest.try_clone()?)))();
+    let Ok((tcp_in, tcp_out, guest_in, guest_out)) = clones else {
+        reset(&tcp);
+        return;
+    };
+    let (done, ended) = mpsc::channel();
+    let up = std::thread::Builder::new().name("port-forward-up".into()).spawn(pump(tcp_in, guest_out, done.clone()));
+    let down = std::thread::Builder::new().name("port-forward-down".into()).spawn(pump(guest_in, tcp_out, done));
+    if up.is_ok() && down.is_ok() {
+        let _ = ended.recv();
+        let _ = ended.recv_timeout(LINGER);
+    }
+    // Wakes whichever copy still blocks.
     let _ = tcp.shutdown(Shutdown::Both);
     let _ = guest.shutdown(Shutdown::Both);
-    let _ = upstream.join();
-    Ok(())
+    for handle in [up, down].into_iter().flatten() {
+        let _ = handle.join();
+    }
+}
+
+/// Copy `from` to `to` until the end, pass the end on, and say so on `done`.
+fn pump<R, W>(mut from: R, mut to: W, done: mpsc::Sender<()>) -> impl FnOnce() + Send
+where
+    R: Read + Send,
+    W: Write + HalfClose + Send,
+{
+    move || {
+        let _ = io::copy(&mut from, &mut to);
+        to.shutdown_write();
+        let _ = done.send(());
+    }
+}
+
+trait HalfClose {
+    fn shutdown_write(&self);
+}
+
+impl HalfClose for TcpStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+impl HalfClose for UnixStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,10 @@ done
 [ $# -gt 0 ] || { echo "usage: run-l1.sh [--cpus N] [--mem MIB] [--timeout SECS] [--scratch DIR] -- COMMAND..." >&2; exit 2; }
 
 rig_fail() { echo "run-l1: L1 FAILED: $*" >&2; exit 125; }
-qemu=$(command -v qemu-system-x86_64) || rig_fail "qemu-system-x86_64 missing (apt-get install qemu-system-x86)"
+# L1's own QEMU (l1-qemu.sh says why not the host's); HULL_L1_QEMU=DIR picks another build.
+qdir=${HULL_L1_QEMU:-$("$here/l1-qemu.sh")} || rig_fail "no QEMU for L1 (l1-qemu.sh above says why)"
+qemu=$qdir/bin/qemu-system-x86_64
+[ -x "$qemu" ] || rig_fail "$qemu missing"
 virtiofsd=${HULL_L1_VIRTIOFSD:-$repo/build/assets/bin/virtiofsd}
 [ -x "$virtiofsd" ] || rig_fail "$virtiofsd missing (make tools)"
 kdir=$("$here/l1-kernel.sh") || rig_fail "no L1 kernel (l1-kernel.sh above says why)"
@@ -93,13 +96,13 @@ started=$(date +%s)
 # creates test (a recursive page fault in a hull-vmm vCPU thread: "TASK stack guard page was
 # hit", in exc_page_fault), with and without 5-level paging; with shadow paging, 3 of 3 passed.
 # HULL_L1_APPEND adds to L1's command line (kvm_amd.npt=1 brings nested paging back).
-"$qemu" \
+"$qemu" -L "$qdir/share/qemu" \
   -M microvm,acpi=on,pit=on,pic=on,rtc=on,x-option-roms=off,memory-backend=mem -accel tcg -cpu max \
   -smp "$cpus" -m "${mem}M" -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" \
   -nodefaults -no-user-config -nographic -display none -no-reboot \
   -serial "file:$scratch/console.log" -monitor "unix:$scratch/hmp.sock,server=on,wait=off" \
   -kernel "$kdir/vmlinuz" -initrd "$initrd" \
-  -append "console=ttyS0 panic=-1 reboot=t hull.stage2=$here/l1-stage2.sh hull.scratch=$scratch tsc_early_khz=$tsc_khz kvm_amd.npt=0 ${HULL_L1_APPEND:-}" \
+  -append "console=ttyS0 panic=-1 reboot=t hull.stage2=$here/l1-stage2.sh hull.scratch=$scratch tsc_early_khz=$tsc_khz kvm_amd.npt=0 unknown_nmi_panic ${HULL_L1_APPEND:-}" \
   -chardev "socket,id=root,path=$scratch/root.sock" -device vhost-user-fs-device,chardev=root,tag=root \
   -chardev "socket,id=scratch,path=$scratch/scratch.sock" -device vhost-user-fs-device,chardev=scratch,tag=scratch \
   > "$scratch/qemu.log" 2>&1 &
@@ -122,6 +125,13 @@ stall_report() {  # what happened
     done
     "$here/hmp.py" "$scratch/hmp.sock" "info status" "info cpus" "info registers -a" \
       "cpu 0" "info lapic" "cpu 1" "info lapic" "info pic" "info irq" 2>&1
+    # L1 runs with unknown_nmi_panic: an NMI makes a CPU that spins with interrupts off
+    # panic, and the panic prints where it was (symbolized, which the registers are not).
+    echo "### nmi; L1's console 15 s later"
+    lines=$(wc -l < "$scratch/console.log")
+    "$here/hmp.py" "$scratch/hmp.sock" nmi > /dev/null 2>&1
+    sleep 15
+    tail -n +"$((lines + 1))" "$scratch/console.log" | head -n 200
   } > "$scratch/stall.txt" 2>&1
 }
 while [ -z "$qemu_rc" ]; do

@@ -20,6 +20,9 @@ status=0
 # A failed test's guest console and VMM log land here (tests/src/lib.rs, Env::keep_logs).
 export HULL_TEST_ARTIFACTS="$logs/artifacts"
 deadline=${HULL_L1_FILE_DEADLINE:-900}
+# KVM here runs under TCG: 20 guests booting at once (cli's parallel test) took past the
+# runtime's 90 s to an answering agent in 2 of 2 runs, with empty consoles (slow, not stuck).
+export HULL_BOOT_TIMEOUT=${HULL_BOOT_TIMEOUT:-300}
 
 backend=$(target/release/hull features | sed -n 's/.*"io.github.hull.hypervisor": "\(.*\)".*/\1/p')
 if [ "$backend" != "hull-vmm (kvm)" ]; then

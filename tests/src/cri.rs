@@ -40,6 +40,8 @@ pub struct ContainerSpec<'a> {
     pub capabilities: Option<Capability>,
     /// `securityContext.privileged` (its pod must be privileged too).
     pub privileged: bool,
+    /// Volumes, as the kubelet hands them over.
+    pub mounts: &'a [k8s_cri::v1::Mount],
 }
 
 impl Cri {
@@ -159,6 +161,7 @@ impl Cri {
                 }),
             }),
             labels: HashMap::new(),
+            mounts: spec.mounts.to_vec(),
             ..Default::default()
         };
         let request = CreateContainerRequest {

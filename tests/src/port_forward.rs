@@ -106,6 +106,10 @@ fn read_frame(tcp: &mut TcpStream) -> std::io::Result<Option<(u8, Vec<u8>)>> {
         }
         n => n as usize,
     };
+    // The streaming server sends whole messages; a fragment would be misread below.
+    if head[0] & 0x80 == 0 || head[0] & 0x0f == 0 {
+        return Err(std::io::Error::other(format!("fragmented WebSocket message (first byte {:#x})", head[0])));
+    }
     let mut payload = vec![0u8; len];
     tcp.read_exact(&mut payload)?;
     Ok(Some((head[0] & 0x0f, payload)))

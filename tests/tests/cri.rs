@@ -123,12 +123,14 @@ fn port_forward_reaches_a_server_on_the_pods_loopback() {
             ContainerSpec { name: "web", image: IMAGE, args: &["sh", "-c", server], ..Default::default() },
         )
         .unwrap_or_else(|e| panic!("CreateContainer: {e}\nshim log:\n{}", c.shim_log()));
-    for _ in 0..50 {
-        if cri.exec_sync(&web, &["wget", "-qO-", "http://127.0.0.1:8080/hello"]).exit_code == 0 {
-            break;
+    let serving = (0..50).any(|_| {
+        let up = cri.exec_sync(&web, &["wget", "-qO-", "http://127.0.0.1:8080/hello"]).exit_code == 0;
+        if !up {
+            std::thread::sleep(Duration::from_millis(200));
         }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        up
+    });
+    assert!(serving, "httpd in the pod never answered on its loopback");
     // The server listens on the pod's loopback only: from outside the pod it is not there.
     let ip = cri.pod_ip(&pod);
     let out = std::process::Command::new("curl")
@@ -151,6 +153,31 @@ fn port_forward_reaches_a_server_on_the_pods_loopback() {
         assert!(data.ends_with("\r\n\r\nforwarded-ok\n"), "round {round}: the body came through: {data:?}");
         assert!(got.error.is_empty(), "round {round}: error channel: {}", text(&got.error));
     }
+    // In the pod's namespace on the host: the redirect is there, any loopback dialer (IPv4
+    // and IPv6) reaches the guest's server, and what listens there listens on loopback only.
+    let netns: Vec<String> = std::fs::read_dir("/run/netns")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cni-"))
+        .collect();
+    assert_eq!(netns.len(), 1, "one CNI namespace, the pod's: {netns:?}");
+    let in_pod = |cmd: &[&str]| {
+        let out = std::process::Command::new("ip").args(["netns", "exec", &netns[0]]).args(cmd).output().unwrap();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (ok, rules, err) = in_pod(&["nft", "list", "table", "inet", "hull_port_forward"]);
+    assert!(ok && rules.contains("redirect to"), "the pod's namespace has no redirect: {rules}{err}");
+    for url in ["http://127.0.0.1:8080/hello", "http://[::1]:8080/hello"] {
+        let (_, body, err) = in_pod(&["curl", "-s", "-S", "--max-time", "10", url]);
+        assert_eq!(body, "forwarded-ok\n", "{url} in the pod's namespace on the host: {err}");
+    }
+    let (_, listening, _) = in_pod(&["ss", "-H", "-l", "-t", "-n"]);
+    for line in listening.lines() {
+        let local = line.split_whitespace().nth(3).unwrap_or("");
+        assert!(local.starts_with("127.0.0.1:") || local.starts_with("[::1]:"), "listening beyond loopback: {line}");
+    }
+
     // A port nothing listens on in the pod: no data, and containerd reports an error.
     let url = cri.port_forward(&pod, 8081);
     let got = hull_tests::port_forward::exchange(&url, 8081, b"GET / HTTP/1.0\r\n\r\n").unwrap();
@@ -158,6 +185,82 @@ fn port_forward_reaches_a_server_on_the_pods_loopback() {
     assert!(!got.error.is_empty(), "port 8081: containerd reported no error");
 
     cri.remove_pod(&pod);
+    c.assert_clean();
+    assert_eq!(vm_count(), 0);
+}
+
+/// A volume's `mountPropagation` as the kubelet passes it: `None` (private),
+/// `HostToContainer` (containerd: rslave) and `Bidirectional` (rshared), each as the mount
+/// table in the container shows it. containerd insists that the host source of the latter two
+/// be a shared (or slave) mount, so the test makes it one.
+#[test]
+fn volume_mount_propagation_applies_in_the_pods_vm() {
+    use k8s_cri::v1::{Mount, MountPropagation};
+    let (c, mut cri) = setup("cri-propagation");
+    let source = c.env.dir.join("volume");
+    std::fs::create_dir_all(&source).unwrap();
+    let src = source.to_str().unwrap();
+    let sh = |cmd: &str| {
+        let out = std::process::Command::new("sh").args(["-c", cmd]).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {}", text(&out.stderr));
+    };
+    sh(&format!("mount --bind {src} {src} && mount --make-shared {src}"));
+    /// Undoes the bind even when an assertion fails.
+    struct Unmount<'a>(&'a str);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let bound = Unmount(src);
+    let volumes = [
+        ("/v/private", MountPropagation::PropagationPrivate),
+        ("/v/host-to-container", MountPropagation::PropagationHostToContainer),
+        ("/v/bidirectional", MountPropagation::PropagationBidirectional),
+    ];
+    let mounts: Vec<Mount> = volumes
+        .iter()
+        .map(|(path, propagation)| Mount {
+            container_path: path.to_string(),
+            host_path: src.into(),
+            propagation: *propagation as i32,
+            ..Default::default()
+        })
+        .collect();
+    let pod = cri.run_pod("prop", false).unwrap_or_else(|e| panic!("RunPodSandbox: {e}\nshim log:\n{}", c.shim_log()));
+    let id = cri
+        .start_container(
+            &pod,
+            ContainerSpec {
+                name: "vols",
+                image: IMAGE,
+                args: &["sleep", "608"],
+                mounts: &mounts,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\nshim log:\n{}", c.shim_log()));
+    let script = "awk '$5 ~ /^\\/v\\// { f = \"\"; for (i = 7; $i != \"-\"; i++) f = f \" \" $i; print $5 \":\" f }' \
+                  /proc/self/mountinfo";
+    let out = cri.exec_sync(&id, &["sh", "-c", script]);
+    let table = text(&out.stdout);
+    for (path, propagation) in volumes {
+        let prefix = format!("{path}:");
+        let line = table.lines().find(|l| l.starts_with(&prefix));
+        let got =
+            line.unwrap_or_else(|| panic!("no mount at {path} in the container:\n{table}"))[prefix.len()..].to_string();
+        let ok = match propagation {
+            MountPropagation::PropagationPrivate => got.trim().is_empty(),
+            MountPropagation::PropagationHostToContainer => got.contains("master:") && !got.contains("shared:"),
+            MountPropagation::PropagationBidirectional => got.contains("shared:"),
+        };
+        assert!(ok, "{path} ({propagation:?}) has propagation {got:?}:\n{table}");
+    }
+    // Each is the host directory: a write through one is on the host.
+    assert_eq!(cri.exec_sync(&id, &["sh", "-c", "echo through > /v/host-to-container/f"]).exit_code, 0);
+    assert_eq!(std::fs::read_to_string(source.join("f")).unwrap(), "through\n");
+    cri.remove_pod(&pod);
+    drop(bound);
     c.assert_clean();
     assert_eq!(vm_count(), 0);
 }

@@ -31,6 +31,17 @@ const GUEST_CID: u32 = 3;
 /// How long the guest may take from VMM start to an answering agent (TCG is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// [`BOOT_TIMEOUT`], or `HULL_BOOT_TIMEOUT` (seconds) where boots are slower still: the
+/// nested rig's L1, where KVM itself runs under TCG, boots 20 VMs at once past 90 s.
+fn boot_timeout() -> Duration {
+    std::env::var("HULL_BOOT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&s: &u64| s > 0)
+        .map(Duration::from_secs)
+        .unwrap_or(BOOT_TIMEOUT)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error(transparent)]
@@ -205,8 +216,9 @@ impl Sandbox {
         tracing::info!(backend = hypervisor.name(), "VM started; waiting for the agent");
 
         let vsock_socket = dir.vsock_socket();
-        let deadline = started + BOOT_TIMEOUT;
-        let booted = wait_for_agent_banner(&dir.console_log(), deadline, &mut procs).and_then(|()| {
+        let timeout = boot_timeout();
+        let deadline = started + timeout;
+        let booted = wait_for_agent_banner(&dir.console_log(), deadline, timeout, &mut procs).and_then(|()| {
             let died = || procs.iter_mut().find_map(|p| p.check_alive().err()).map(|e| e.to_string());
             Ok(Agent::connect(&vsock_socket, deadline, died)?)
         });
@@ -266,6 +278,7 @@ const AGENT_BANNER: &[u8] = b"hull-agent: ready";
 fn wait_for_agent_banner(
     console: &Path,
     deadline: Instant,
+    timeout: Duration,
     procs: &mut [ChildProc],
 ) -> std::result::Result<(), BootFailure> {
     loop {
@@ -276,7 +289,7 @@ fn wait_for_agent_banner(
             }
         }
         if Instant::now() > deadline {
-            return Err(BootFailure::Timeout(BOOT_TIMEOUT));
+            return Err(BootFailure::Timeout(timeout));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
