@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Fetch the QEMU that runs the nested rig's L1: Debian's bookworm-backports build (QEMU 10),
-# downloaded and unpacked, never installed (the host's own QEMU, which the host suite uses,
-# is untouched), into ${HULL_CACHE:-~/.cache/hull}/l1-qemu-<version>. Prints that directory;
-# its bin/qemu-system-x86_64 runs with -L <dir>/share/qemu.
+# Fetch another QEMU for the nested rig's L1 (run-l1.sh with HULL_L1_QEMU=backports):
+# Debian's bookworm-backports build (QEMU 10), downloaded and unpacked, never installed (the
+# host's own QEMU, which the host suite uses, is untouched), into
+# ${HULL_CACHE:-~/.cache/hull}/l1-qemu-<version>. Prints that directory; its
+# bin/qemu-system-x86_64 runs with -L <dir>/share/qemu.
 #
-# Why not bookworm's QEMU 7.2: under it, L1 stopped for good in 2 of 2 suite runs (both
-# vCPUs halted with interrupts enabled and the timer's vector pending in the local APIC's
-# IRR, an NMI from the monitor not taken either), a lost wake-up in TCG's emulation.
+# Tried because under bookworm's QEMU 7.2, L1 sometimes stops for good (both vCPUs halted with
+# interrupts enabled and the timer's vector pending in the local APIC's IRR). Under QEMU 10
+# (2026-12-03): with shadow paging (kvm_amd.npt=0) no hull-vmm guest printed a byte in 40 s;
+# with nested paging, L1's kernel crashed 300 s into a suite run as 7.2's does with it.
 #
 # The archive is reached through apt with a private source list and state, so the packages
 # are verified against Debian's keys as any apt download is.

@@ -40,6 +40,9 @@ modprobe kvm_amd 2> "$scratch/modprobe.err" || l1_fail "modprobe kvm_amd: $(cat 
 # devtmpfs makes the node asynchronously.
 for _ in $(seq 50); do [ -c /dev/kvm ] && break; sleep 0.1; done
 [ -c /dev/kvm ] || l1_fail "kvm_amd loaded but /dev/kvm is missing"
+# What udev does on a host: the kvm group may use it (the jailed QEMU runs with that group);
+# without such a group (this host has none), everyone may, as in L1 only the tests run.
+if chgrp kvm /dev/kvm 2>/dev/null; then chmod 0660 /dev/kvm; else chmod 0666 /dev/kvm; fi
 for m in tun veth bridge sch_ingress act_mirred cls_u32 cls_flower overlay; do
   modprobe "$m" 2>/dev/null || log "note: module $m did not load"
 done
