@@ -61,6 +61,10 @@ fn features_is_runtime_spec_json() {
     assert_eq!(f["ociVersionMax"], "1.2.0");
     assert_eq!(f["linux"]["seccomp"]["enabled"], true);
     assert!(f["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n == "network"));
+    // What the VM cannot do is said, not left to be found.
+    assert!(!f["linux"]["seccomp"]["actions"].as_array().unwrap().iter().any(|a| a == "SCMP_ACT_NOTIFY"));
+    let refused = f["annotations"]["io.github.hull.refused"].as_str().unwrap_or_default();
+    assert!(refused.contains("listenerPath") && refused.contains("network namespace"), "{refused}");
 }
 
 #[test]
