@@ -5,7 +5,7 @@ ASSET_DIR  ?= $(PREFIX)/share/hull
 BUILD      := build
 ASSETS     := $(BUILD)/assets
 TARGET     := x86_64-unknown-linux-gnu
-AGENT      := target/$(TARGET)/release/hull-agent
+AGENT      := target/$(TARGET)/guest/hull-agent
 # The test-only hostile agent: built in the same target dir (its dependencies are the same
 # artifacts; only the agent crate differs) and copied aside before it is packed.
 HOSTILE    := target/hull-agent-hostile
@@ -33,7 +33,7 @@ agent: setup
 	@echo "build: hull-agent (static)"
 	@LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
 	 RUSTFLAGS="-C target-feature=+crt-static" \
-	 cargo build --release --locked --target $(TARGET) -p hull-agent
+	 cargo build --profile guest --locked --target $(TARGET) -p hull-agent
 
 initramfs: agent
 	@mkdir -p $(ASSETS)
@@ -44,7 +44,7 @@ initramfs-hostile: setup
 	@echo "build: hull-agent with the test-only hostile behaviours"
 	@LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
 	 RUSTFLAGS="-C target-feature=+crt-static" \
-	 cargo build --release --locked --target $(TARGET) -p hull-agent --features hostile
+	 cargo build --profile guest --locked --target $(TARGET) -p hull-agent --features hostile
 	@cp $(AGENT) $(HOSTILE)
 	@mkdir -p $(ASSETS)
 	@scripts/mkinitramfs.sh $(HOSTILE) $(ASSETS)/initramfs-hostile.cpio

@@ -191,3 +191,61 @@ fn exec_runs_in_the_container_with_stdio_env_and_status() {
     assert!(out.status.success(), "delete: {}", text(&out.stderr));
     env.assert_clean();
 }
+
+/// Resident bytes of guest RAM in the VMM process: its memfd mapping(s) in smaps.
+fn guest_ram_resident(pid: u32) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("the VMM's smaps");
+    let mut in_ram = false;
+    let mut kib = 0u64;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // QEMU names its RAM memfd memory-backend-memfd, hull-vmm hull-guest-ram.
+            in_ram = line.contains("/memfd:memory-backend-memfd") || line.contains("/memfd:hull-guest-ram");
+        } else if in_ram && first == "Rss:" {
+            kib += line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    kib << 10
+}
+
+#[test]
+fn memory_the_guest_frees_goes_back_to_the_host() {
+    let env = Env::new("reporting");
+    let b = env.bundle("b", &["sleep", "600"]);
+    // 160 MiB of tmpfs in the guest: filling it touches that much guest RAM, removing the file
+    // frees it inside the guest, and free page reporting must then give it back to the host.
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=160m"]
+        }))
+    });
+    let out = env.hull_detached(&["run", "-d", "--bundle", b.path(), "c1"]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let vmm = env.find_process(hull_tests::Backend::current().vmm()).expect("the VMM process");
+    let idle = guest_ram_resident(vmm);
+    let fill = env.hull_out(&["exec", "c1", "dd", "if=/dev/zero", "of=/scratch/big", "bs=1M", "count=128"]);
+    assert_eq!(fill.status.code(), Some(0), "dd: {}", text(&fill.stderr));
+    let filled = guest_ram_resident(vmm);
+    assert!(filled >= idle + (100 << 20), "128 MiB written in the guest: resident {idle} -> {filled} bytes");
+    let rm = env.hull_out(&["exec", "c1", "rm", "/scratch/big"]);
+    assert_eq!(rm.status.code(), Some(0), "rm: {}", text(&rm.stderr));
+    // Linux reports free 2 MiB+ blocks 2 s after they are freed, a batch per pass; a minute
+    // leaves TCG's slowness plenty of room. This waits for a behaviour, not a speed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut now = filled;
+    while Instant::now() < deadline {
+        now = guest_ram_resident(vmm);
+        if now + (96 << 20) <= filled {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        now + (96 << 20) <= filled,
+        "freed 128 MiB in the guest, but the host still holds it: resident {idle} idle, {filled} filled, {now} a minute after the rm"
+    );
+    let del = env.hull_out(&["delete", "--force", "c1"]);
+    assert!(del.status.success(), "delete: {}", text(&del.stderr));
+    env.assert_clean();
+}

@@ -222,7 +222,7 @@ pub fn new_interrupt() -> Result<Arc<Interrupt>, BuildError> {
 /// backend, opening taps) and plug them in. Runs before the jail: everything here may touch
 /// host paths.
 pub fn attach_devices(vmm: &mut Vmm, config: &VmmConfig) -> Result<(), BuildError> {
-    use crate::virtio::{fs::FsDevice, net::NetDevice, net::Tap, vsock::VsockDevice};
+    use crate::virtio::{balloon::BalloonDevice, fs::FsDevice, net::NetDevice, net::Tap, vsock::VsockDevice};
 
     if let Some(v) = &config.vsock {
         // A stale socket from a crashed run would make bind fail.
@@ -256,6 +256,12 @@ pub fn attach_devices(vmm: &mut Vmm, config: &VmmConfig) -> Result<(), BuildErro
         let mac =
             n.mac.as_deref().and_then(crate::config::parse_mac).unwrap_or([0x02, 0x68, 0x75, 0x6c, 0x6c, i as u8]);
         let dev = NetDevice::new(tap, mac, new_interrupt()?).map_err(|e| BuildError::Device(format!("net: {e}")))?;
+        let dev = Arc::new(Mutex::new(dev));
+        vmm.add_virtio(dev.clone(), dev)?;
+    }
+    // Last, so the other devices keep their windows and interrupt lines.
+    if config.free_page_reporting {
+        let dev = BalloonDevice::new(new_interrupt()?).map_err(|e| BuildError::Device(format!("balloon: {e}")))?;
         let dev = Arc::new(Mutex::new(dev));
         vmm.add_virtio(dev.clone(), dev)?;
     }

@@ -31,6 +31,10 @@ pub struct VmmConfig {
     pub net: Vec<NetConfig>,
     #[serde(default)]
     pub jail: Option<JailConfig>,
+    /// Attach a virtio-balloon for free page reporting: memory the guest frees goes back to
+    /// the host. The balloon is never inflated.
+    #[serde(default)]
+    pub free_page_reporting: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ struct Args {
     /// JSON configuration (hull_vmm::config::VmmConfig); only --console-log may be added to it.
     #[arg(long, conflicts_with_all = [
         "kernel", "initrd", "cmdline", "vcpus", "memory_mib", "vsock_cid", "vsock_uds",
-        "fs_socket", "fs_tag", "tap", "tap_fd", "mac", "jail", "uid", "gid",
+        "fs_socket", "fs_tag", "tap", "tap_fd", "mac", "jail", "uid", "gid", "free_page_reporting",
     ])]
     config: Option<PathBuf>,
     /// vmlinux (64-bit ELF) or bzImage.
@@ -63,6 +63,10 @@ struct Args {
     uid: Option<u32>,
     #[arg(long, requires_all = ["jail", "uid"])]
     gid: Option<u32>,
+    /// Attach a virtio-balloon for free page reporting: memory the guest frees goes back to
+    /// the host.
+    #[arg(long)]
+    free_page_reporting: bool,
     /// Run without seccomp filters (debugging only).
     #[arg(long)]
     no_seccomp: bool,
@@ -110,6 +114,7 @@ impl Args {
                 Vec::new()
             },
             jail: self.jail.map(|dir| JailConfig { dir, uid: self.uid, gid: self.gid, max_open_files: 2048 }),
+            free_page_reporting: self.free_page_reporting,
         })
     }
 }

@@ -37,6 +37,8 @@ impl HullVmm {
             .args(["--fs-tag", &vm.virtiofs_tag])
             .arg("--jail")
             .arg(&vm.jail_dir)
+            // As QEMU's balloon: memory the guest frees goes back to the host.
+            .arg("--free-page-reporting")
             // It jails itself (mount namespace, capabilities, seccomp); the uid is the sandbox's.
             .args(match vm.jail.enabled {
                 true => vec!["--uid".to_string(), vm.jail.uid.to_string(), "--gid".into(), vm.jail.gid.to_string()],

@@ -17,6 +17,8 @@ pub enum HypervisorError {
     UnknownBackend(String),
     #[error("{} not found: the hull-vmm backend needs it (`make install`, or set HULL_VMM / HULL_ASSET_DIR)", .0.display())]
     Missing(PathBuf),
+    #[error("{name}={value:?}: expected {expected}")]
+    BadSetting { name: &'static str, value: String, expected: &'static str },
     #[error("the hull-vmm backend attaches one NIC; this sandbox has {0}")]
     TooManyNics(usize),
     #[error("{}: {source}", path.display())]

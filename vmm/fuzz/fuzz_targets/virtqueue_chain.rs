@@ -1,6 +1,7 @@
 //! Guest-written virtqueue state (descriptor table, avail ring, queue size) -> descriptor chains
 //! parsed and copied the way the devices do. Nothing may panic, and every chain accepted must
-//! lie inside guest memory.
+//! lie inside guest memory; read as a balloon's free page report, it may only name whole pages
+//! inside guest memory.
 #![no_main]
 
 use hull_vmm::virtio::chain::Chain;
@@ -52,6 +53,14 @@ fuzz_target!(|data: &[u8]| {
             assert!(n <= buf.len());
             let w = c.write_at(&mem, 3, &buf);
             assert!(w as u64 <= c.writable_len);
+            // The same chain as a free page report: only whole pages inside guest memory.
+            for (addr, len) in hull_vmm::virtio::balloon::free_pages(&c.writable) {
+                assert!(addr.0 % 4096 == 0 && len % 4096 == 0 && len > 0);
+                assert!(mem.check_range(addr, len as usize));
+                // This memory is private and anonymous, which MADV_REMOVE refuses: the call
+                // still walks the checks a real report takes.
+                let _ = hull_vmm::virtio::balloon::discard(&mem, addr, len);
+            }
         }
         // The vsock packet decoder on the same chain.
         let _ = hull_vmm::virtio::vsock::read_tx_packet(&mem, chain);

@@ -153,9 +153,7 @@ impl VirtioDevice for FsDevice {
         &self.interrupt
     }
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount { got: queues.len(), want: NUM_QUEUES });
-        }
+        super::expect_queues(&queues, NUM_QUEUES)?;
         self.start_backend(&mem, &queues).map_err(|e| ActivateError::Backend(format!("vhost-user {e}")))
     }
     fn reset(&mut self) -> bool {

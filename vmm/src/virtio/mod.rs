@@ -3,6 +3,7 @@
 //! hands the queues to the device. Each device is also an event-loop subscriber: it reacts to
 //! its queue eventfds (ioeventfds written by KVM on QueueNotify) and to its host-side backend.
 
+pub mod balloon;
 pub mod chain;
 pub mod fs;
 
@@ -17,6 +18,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub const TYPE_NET: u32 = 1;
+pub const TYPE_BALLOON: u32 = 5;
 pub const TYPE_VSOCK: u32 = 19;
 pub const TYPE_FS: u32 = 26;
 
@@ -63,6 +65,15 @@ pub enum ActivateError {
     Backend(String),
     #[error("the driver set up {got} queues; the device needs {want}")]
     QueueCount { got: usize, want: usize },
+}
+
+/// The queue count a device's `activate` checks first: the transport hands over one queue per
+/// entry of `queue_max_sizes`, and a device must not index past what it got.
+pub fn expect_queues(queues: &[Queue], want: usize) -> Result<(), ActivateError> {
+    match queues.len() {
+        got if got == want => Ok(()),
+        got => Err(ActivateError::QueueCount { got, want }),
+    }
 }
 
 pub trait VirtioDevice: Send {

@@ -246,9 +246,7 @@ impl VirtioDevice for NetDevice {
         &self.interrupt
     }
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount { got: queues.len(), want: QUEUE_SIZES.len() });
-        }
+        super::expect_queues(&queues, QUEUE_SIZES.len())?;
         self.active = Some(Active { mem, queues });
         Ok(())
     }

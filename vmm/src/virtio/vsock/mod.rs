@@ -193,9 +193,7 @@ impl VirtioDevice for VsockDevice {
         &self.interrupt
     }
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount { got: queues.len(), want: QUEUE_SIZES.len() });
-        }
+        super::expect_queues(&queues, QUEUE_SIZES.len())?;
         self.active = Some(Active { mem, queues });
         // Anything the host queued before the driver was ready goes out now, from the event
         // loop (which can apply the interest changes that sending causes).
