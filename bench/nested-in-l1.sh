@@ -52,7 +52,8 @@ for backend in hull-vmm qemu; do
   echo "ready_$backend=$(median ${ready[$backend]})"
   echo "run_$backend=$(median ${run[$backend]})"
   HULL_BACKEND=$backend "$HULL" --root "$root" run -d --bundle "$bundle" idle </dev/null >/dev/null 2>&1
-  sleep 5
+  # Idle: the guest's free page reports (every 2 s, a batch at a time) have settled by then.
+  sleep 20
   sup=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$root/idle/state.json")
   pss=0 vmm_extra=0 n=0
   for pid in $sup $(pgrep -f -- "$root/idle"); do

@@ -42,6 +42,6 @@ cat <<TABLE
 | L1: VM process start → agent ready | $ready_hull_vmm ms | $ready_qemu ms | $(ratio "$ready_hull_vmm" "$ready_qemu") |
 | L1: \`hull run\` of \`true\`, wall | $run_hull_vmm ms | $run_qemu ms | $(ratio "$run_hull_vmm" "$run_qemu") |
 | L1: VMM memory beyond guest RAM (RssAnon + RssFile), idle | $vmm_hull_vmm MiB | $vmm_qemu MiB | $(ratio "$vmm_hull_vmm" "$vmm_qemu") |
-| L1: PSS of one idle sandbox (supervisor, VMM, daemons: $procs_hull_vmm / $procs_qemu processes) | $pss_hull_vmm MiB | $pss_qemu MiB | $(ratio "$pss_hull_vmm" "$pss_qemu") |
+| L1: PSS of one idle sandbox, 20 s after start (supervisor, VMM, daemons: $procs_hull_vmm / $procs_qemu processes) | $pss_hull_vmm MiB | $pss_qemu MiB | $(ratio "$pss_hull_vmm" "$pss_qemu") |
 | host: \`hull run\` of \`true\` on QEMU/TCG (no KVM here), wall | — | $host_run ms (TCG) | — |
 TABLE

@@ -91,7 +91,8 @@ c = json.load(open(sys.argv[1])); c["process"]["args"] = ["sleep", "600"]
 json.dump(c, open(sys.argv[1], "w"))
 PY
 "$HULL" --root "$root" run -d --bundle "$bundle" idle </dev/null >/dev/null 2>&1
-sleep 3
+# Idle: the guest's free page reports (every 2 s, a batch at a time) have settled by then.
+sleep 20
 sup=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$root/idle/state.json")
 pss_kib=0
 procs=""
@@ -220,7 +221,7 @@ cat <<TABLE
 | \`hull run\` of \`true\`, jail on / off (median of $JAIL_RUNS) | ${jail_run_on} / ${jail_run_off} ms ($(pct "$jail_run_on" "$jail_run_off")) |
 | bare QEMU/TCG boot of the same kernel to \`/init\` + reboot (floor) | ${qemu_ms} ms |
 | \`runc run\` of the same bundle | ${runc_ms} ms |
-| host memory (PSS) of one idle sandbox: supervisor, QEMU, virtiofsd, vsock backend ($nprocs processes) | $((pss_kib / 1024)) MiB |
+| host memory (PSS) of one idle sandbox, 20 s after start: supervisor, QEMU, virtiofsd, vsock backend ($nprocs processes) | $((pss_kib / 1024)) MiB |
 | HTTP GET of a 32 MiB file, host → container (hull / runc, same netns setup) | ${hull_mbs} / ${runc_mbs} MB/s |
 | HTTP GET /hello latency, host → container (hull / runc, median of 20) | ${hull_lat} / ${runc_lat} ms |
 $unpack_row

@@ -65,6 +65,17 @@ fn features_is_runtime_spec_json() {
     assert!(!f["linux"]["seccomp"]["actions"].as_array().unwrap().iter().any(|a| a == "SCMP_ACT_NOTIFY"));
     let refused = f["annotations"]["io.github.hull.refused"].as_str().unwrap_or_default();
     assert!(refused.contains("listenerPath") && refused.contains("network namespace"), "{refused}");
+    // The hypervisor named is the one a VM would start on: HULL_BACKEND overrides --backend
+    // there, so it must here too (tests pick the VMM process by this name).
+    let hypervisor = |backend: &str| {
+        let out = env.hull().args(["--backend", "qemu", "features"]).env("HULL_BACKEND", backend).output().unwrap();
+        let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        f["annotations"]["io.github.hull.hypervisor"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(hypervisor("hull-vmm"), "hull-vmm (kvm)");
+    assert!(hypervisor("qemu").starts_with("qemu ("), "{}", hypervisor("qemu"));
+    let out = env.hull().arg("features").env("HULL_BACKEND", "firecracker").output().unwrap();
+    assert!(!out.status.success() && text(&out.stderr).contains("firecracker"), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -120,14 +120,22 @@ impl BackendKind {
         }
     }
 
+    /// This choice, or `HULL_BACKEND`, which overrides it: what [`select`] starts.
+    pub fn overridden(self) -> Result<BackendKind> {
+        match std::env::var("HULL_BACKEND") {
+            Ok(v) if !v.is_empty() => v.parse(),
+            _ => Ok(self),
+        }
+    }
+
     /// What `auto` (or this choice) runs on this host, for reports: `hull-vmm (kvm)`,
-    /// `qemu (kvm)` or `qemu (tcg)`.
-    pub fn resolved(self) -> &'static str {
-        match (self, hardware_kvm()) {
+    /// `qemu (kvm)` or `qemu (tcg)`. `HULL_BACKEND` counts, as it does when a VM starts.
+    pub fn resolved(self) -> Result<&'static str> {
+        Ok(match (self.overridden()?, hardware_kvm()) {
             (BackendKind::HullVmm, _) | (BackendKind::Auto, true) => "hull-vmm (kvm)",
             (BackendKind::Qemu, true) => "qemu (kvm)",
             (BackendKind::Qemu | BackendKind::Auto, false) => "qemu (tcg)",
-        }
+        })
     }
 }
 
@@ -144,11 +152,7 @@ pub fn hardware_kvm() -> bool {
 
 /// Pick the backend: `HULL_BACKEND` overrides the caller's choice.
 pub fn select(kind: BackendKind, assets: &crate::assets::Assets) -> Result<Box<dyn Hypervisor>> {
-    let kind = match std::env::var("HULL_BACKEND") {
-        Ok(v) if !v.is_empty() => v.parse()?,
-        _ => kind,
-    };
-    match kind {
+    match kind.overridden()? {
         BackendKind::HullVmm => hull_vmm_backend(assets),
         BackendKind::Auto if hardware_kvm() => {
             tracing::info!("hypervisor: hull-vmm on hardware KVM");

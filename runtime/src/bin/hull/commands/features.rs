@@ -28,7 +28,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         },
         "annotations": {
             "io.github.hull.vm": "every container runs in its own microVM",
-            "io.github.hull.hypervisor": cli.backend.resolved(),
+            "io.github.hull.hypervisor": cli.backend.resolved()?,
             // What a VM cannot give (README: runc parity): refused at create, naming the field…
             "io.github.hull.refused": "linux.seccomp.listenerPath and SCMP_ACT_NOTIFY (the listener would be \
                 the guest kernel's); the host's network namespace (a VM has its own kernel)",
