@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Short fuzzing runs of what reads hostile input on the host: hull-vmm's guest-facing parsers
-# (descriptor chains, vsock packets) and hull unpack's layer applier.
+# (descriptor chains, vsock packets), the agent protocol as the host reads it (control frames,
+# stream headers, port-forward replies) and hull unpack's layer applier.
 # cargo-fuzz is installed into the tool cache outside the repo, like the other helpers. The
 # machine has a stable toolchain only; RUSTC_BOOTSTRAP lets it take the sanitizer flags.
 #
@@ -18,7 +19,7 @@ fi
 repo=$(cd "$(dirname "$0")/.." && pwd)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for spec in vmm:virtqueue_chain vmm:vsock_packets image:layer_apply; do
+for spec in vmm:virtqueue_chain vmm:vsock_packets agent/protocol:guest_messages image:layer_apply; do
   crate=${spec%%:*} target=${spec#*:}
   echo "fuzz: $target ($crate/fuzz) for ${seconds}s"
   if ! (cd "$repo/$crate" && RUSTC_BOOTSTRAP=1 "$root/bin/cargo-fuzz" run "$target" -- -max_total_time="$seconds" -print_final_stats=1) >"$log" 2>&1; then

@@ -49,6 +49,9 @@ done
 ip link set lo up
 hostname hull-l1
 log "KVM ready: $(dmesg | grep -m1 -o "SVM: kvm: Nested Paging.*" || echo "kvm_amd loaded")"
+# L1's symbols as this boot placed them (KASLR, and Debian's package has no System.map): a
+# stall report names the function each stuck vCPU is in.
+cp /proc/kallsyms "$scratch/kallsyms" 2>/dev/null || log "note: no /proc/kallsyms"
 date +%s > "$scratch/l1-up"
 
 # A heartbeat on the serial console, which needs neither virtio-fs share: run-l1.sh tells a

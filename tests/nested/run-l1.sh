@@ -15,7 +15,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-cpus=2 mem=8192 timeout=3000 scratch=
+cpus=${HULL_L1_CPUS:-2} mem=8192 timeout=3000 scratch=
 while [ $# -gt 0 ]; do
   case $1 in
     --cpus) cpus=$2; shift 2 ;;
@@ -136,7 +136,29 @@ stall_report() {  # what happened
       echo "virtiofsd ${v%%:*}: $(ps -o pid=,stat=,time=,wchan:32= -p "${v#*:}" 2>&1 || echo gone)"
     done
     "$here/hmp.py" "$scratch/hmp.sock" "info status" "info cpus" "info registers -a" \
-      "cpu 0" "info lapic" "cpu 1" "info lapic" "info pic" "info irq" 2>&1
+      "cpu 0" "info lapic" "cpu 1" "info lapic" "info pic" "info irq" > "$scratch/hmp.txt" 2>&1
+    cat "$scratch/hmp.txt"
+    # Where each vCPU is, by L1's own symbols (an address outside them is an L2 guest's).
+    echo "### vCPU instruction pointers in L1's symbols"
+    python3 - "$scratch/hmp.txt" "$scratch/kallsyms" <<'PY' 2>&1
+import bisect, re, sys
+text = open(sys.argv[1]).read()
+try:
+    syms = sorted((int(a, 16), n) for a, _, n in (l.split()[:3] for l in open(sys.argv[2]) if len(l.split()) >= 3))
+except OSError:
+    syms = []
+addrs = [a for a, _ in syms]
+for cpu, rip in re.findall(r"CPU#(\d+)\nRAX=.*?RIP=([0-9a-f]+)", text, re.S):
+    ip = int(rip, 16)
+    i = bisect.bisect_right(addrs, ip) - 1
+    if not syms:
+        where = "no L1 symbols (SCRATCH/kallsyms missing)"
+    elif i >= 0 and ip - syms[i][0] < 1 << 20:
+        where = f"{syms[i][1]}+{ip - syms[i][0]:#x}"
+    else:
+        where = "not in L1's kernel (an L2 guest?)"
+    print(f"CPU {cpu}: RIP {rip}: {where}")
+PY
     # L1 runs with unknown_nmi_panic: an NMI makes a CPU that spins with interrupts off
     # panic, and the panic prints where it was (symbolized, which the registers are not).
     echo "### nmi; L1's console 15 s later"
