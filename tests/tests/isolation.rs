@@ -199,6 +199,14 @@ fn every_process_that_touches_guest_memory_is_jailed() {
         assert_eq!(root_entries(*pid), ["containers"], "virtiofsd {pid}'s root is not the share");
     }
     assert!(pids.iter().any(|p| status_of(*p)["Seccomp"] == "2"), "no virtiofsd process has a seccomp filter");
+    if hull_tests::Backend::current() == hull_tests::Backend::HullVmm {
+        // hull-vmm copies virtio-fs requests through a bounce memfd: virtiofsd never maps guest
+        // RAM (QEMU's vhost-user-fs hands it all of it).
+        for pid in &pids {
+            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+            assert!(!maps.contains("memfd:hull-guest-ram"), "virtiofsd {pid} maps guest RAM");
+        }
+    }
     let out = env.hull_out(&["delete", "c1"]);
     assert!(out.status.success(), "delete: {}", text(&out.stderr));
     env.assert_clean();

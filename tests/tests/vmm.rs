@@ -130,6 +130,15 @@ fn synthetic_guest_drives_every_device_then_resets() {
     let mut vm = Vm::start(&env.dir, &args);
 
     vm.wait_console("listening on port 5000", Duration::from_secs(30));
+    // virtio-fs is up (FUSE_INIT went through virtiofsd), yet virtiofsd maps no guest RAM: only
+    // the bounce memory its requests are copied through.
+    assert!(vm.console_text().contains("fs: FUSE_INIT reply"), "{}", vm.console_text());
+    let maps: Vec<String> = hull_tests::processes_of(fs_sock.to_str().unwrap(), "virtiofsd")
+        .iter()
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default())
+        .collect();
+    assert!(maps.iter().all(|m| !m.contains("memfd:hull-guest-ram")), "virtiofsd maps guest RAM");
+    assert!(maps.iter().any(|m| m.contains("memfd:hull-fs-bounce")), "virtiofsd maps no bounce memory: {maps:?}");
     let mut s = vsock_connect(&uds, 5000);
     s.write_all(b"ping over vsock").unwrap();
     let mut echo = [0u8; 15];

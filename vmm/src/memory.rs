@@ -32,11 +32,16 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
 
 /// Create guest memory of `mib` MiB backed by one memfd (each range at its own file offset).
 pub fn create(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    create_named(mib, c"hull-guest-ram")
+}
+
+/// The same, with the memfd named `name` (it shows in /proc/PID/maps), for memory laid out like
+/// guest RAM that is not the guest's: virtio-fs's bounce memory.
+pub fn create_named(mib: u64, name: &CStr) -> Result<GuestMemoryMmap, MemoryError> {
     if !(16..=65536).contains(&mib) {
         return Err(MemoryError::Size(mib));
     }
     let size = mib << 20;
-    let name: &CStr = c"hull-guest-ram";
     // SAFETY: memfd_create takes a valid NUL-terminated name and flags; it returns a new fd or -1.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {

@@ -1,8 +1,13 @@
-//! virtio-fs as a vhost-user frontend: the queues are served by virtiofsd, which maps guest RAM
-//! through the memfd we pass it. The VMM keeps the register file and config space (tag), tells
-//! the backend where the rings are, and relays the backend's "used buffers" signals (call
-//! eventfds) into the device's interrupt status plus its irqfd, since virtio-mmio drivers read
-//! the status register before looking at any ring.
+//! virtio-fs, served by virtiofsd over vhost-user, without virtiofsd ever mapping guest RAM.
+//! The guest's queues are ours: each request is copied into a bounce memfd, the only memory
+//! virtiofsd is given, and posted on a shadow ring there ([`shadow`]); its reply is copied back
+//! into the guest's buffers when virtiofsd marks it used. This costs a copy per request; in
+//! return virtiofsd (which parses the guest's FUSE requests) can reach nothing of the guest but
+//! the bytes of requests in flight, and guest RAM need not be a shared mapping at all, which
+//! copy-on-write clones of one snapshot need.
+
+pub mod bounce;
+pub mod shadow;
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -17,17 +22,26 @@ use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use self::shadow::{ring_bytes, ShadowQueue};
 use super::{ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_FS};
 
 /// One high-priority queue and one request queue.
 const NUM_QUEUES: usize = 2;
 const TAG_LEN: usize = 36;
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
-/// Feature bits the guest may see: the device-specific range, indirect descriptors, event
-/// index, VERSION_1 and in-order use. Transport features this frontend does not implement
-/// (packed rings, platform IOMMU, notification data, queue reset, ...) are hidden even if the
-/// backend offers them.
-const OFFERABLE: u64 = 0x00ff_ffff | (1 << 28) | (1 << 29) | (1 << 32) | (1 << 35);
+/// Feature bits the guest may see: the device-specific range, indirect descriptors (the guest's
+/// queues are ours, and the chain walker follows indirect tables) and VERSION_1. Event index,
+/// in-order use and the transport features this device does not implement are hidden.
+const OFFERABLE: u64 = 0x00ff_ffff | (1 << 28) | (1 << 32);
+/// The bounce memory: both shadow rings, then room for requests in flight. Linux sends at most
+/// 1 MiB of data per FUSE request (256 pages), so the request queue's room holds over a dozen
+/// of the largest at once; smaller ones wait their turn.
+const BOUNCE_MIB: u64 = 16;
+const SHADOW_SIZES: [u16; NUM_QUEUES] = [64, 256];
+/// The high-priority queue carries FORGET and INTERRUPT: small requests only.
+const HIPRIO_ROOM: u64 = 256 << 10;
+/// Guest requests moved per wakeup, so one busy guest cannot hold the shared event loop.
+const BUDGET: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -37,6 +51,8 @@ pub enum FsError {
     Setup(&'static str, vhost::Error),
     #[error("eventfd: {0}")]
     EventFd(std::io::Error),
+    #[error("bounce memory: {0}")]
+    Bounce(crate::memory::MemoryError),
 }
 
 pub struct FsDevice {
@@ -46,11 +62,22 @@ pub struct FsDevice {
     backend_features: u64,
     acked_features: u64,
     protocol: bool,
-    /// Kick eventfds: KVM writes them (ioeventfd) and virtiofsd reads them; we never do.
+    /// The guest's kicks: KVM writes them (ioeventfd) when the driver notifies a queue.
     kicks: Vec<EventFd>,
-    /// Call eventfds: virtiofsd writes them; the event loop turns them into interrupts.
+    /// Our kicks to virtiofsd, for its shadow rings.
+    backend_kicks: Vec<EventFd>,
+    /// Call eventfds: virtiofsd writes them when it has used shadow entries.
     calls: Vec<EventFd>,
     interrupt: Arc<Interrupt>,
+    /// The only memory virtiofsd maps: shadow rings and request bytes.
+    bounce: GuestMemoryMmap,
+    active: Option<Active>,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    shadows: Vec<ShadowQueue>,
 }
 
 impl FsDevice {
@@ -79,18 +106,50 @@ impl FsDevice {
             acked_features: 0,
             protocol,
             kicks: eventfds().map_err(FsError::EventFd)?,
+            backend_kicks: eventfds().map_err(FsError::EventFd)?,
             calls: eventfds().map_err(FsError::EventFd)?,
             interrupt,
+            bounce: crate::memory::create_named(BOUNCE_MIB, c"hull-fs-bounce").map_err(FsError::Bounce)?,
+            active: None,
         })
     }
 
-    fn start_backend(&mut self, mem: &GuestMemoryMmap, queues: &[Queue]) -> Result<(), String> {
+    /// The shadow rings laid out in the bounce memory: rings first, then each queue's room.
+    fn shadows(&self) -> Vec<ShadowQueue> {
+        let rings: u64 = SHADOW_SIZES.iter().map(|&n| ring_bytes(n)).sum();
+        let room = (BOUNCE_MIB << 20) - rings - HIPRIO_ROOM;
+        let hiprio = ShadowQueue::new(&self.bounce, 0, SHADOW_SIZES[0], (rings, HIPRIO_ROOM));
+        let request =
+            ShadowQueue::new(&self.bounce, ring_bytes(SHADOW_SIZES[0]), SHADOW_SIZES[1], (rings + HIPRIO_ROOM, room));
+        vec![hiprio, request]
+    }
+
+    /// Serve queue `i`: answers from virtiofsd back to the guest, then the guest's new
+    /// requests to virtiofsd.
+    fn pump(&mut self, i: usize) {
+        let Some(active) = self.active.as_mut() else { return };
+        let Active { mem, queues, shadows } = active;
+        let completed = shadows[i].complete(mem, &mut queues[i], &self.bounce);
+        let progress = shadows[i].submit(mem, &mut queues[i], &self.bounce, BUDGET);
+        if progress.posted > 0 {
+            let _ = self.backend_kicks[i].write(1);
+        }
+        if progress.more && progress.posted > 0 {
+            // The budget ran out with requests still queued: come back on a later turn.
+            let _ = self.kicks[i].write(1);
+        }
+        if completed + progress.completed > 0 && queues[i].needs_notification(mem).unwrap_or(true) {
+            self.interrupt.signal(INT_VRING);
+        }
+    }
+
+    fn start_backend(&mut self, shadows: &[ShadowQueue]) -> Result<(), String> {
         let step = |name: &'static str| move |e: vhost::Error| format!("{name}: {e}");
         let features = self.acked_features | (self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES);
         self.frontend.set_features(features).map_err(step("SET_FEATURES"))?;
         let mut regions = Vec::new();
-        for region in mem.iter() {
-            let file_offset = region.file_offset().ok_or("guest memory is not file-backed")?;
+        for region in self.bounce.iter() {
+            let file_offset = region.file_offset().ok_or("the bounce memory is not file-backed")?;
             regions.push(VhostUserMemoryRegionInfo {
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
@@ -100,28 +159,29 @@ impl FsDevice {
             });
         }
         self.frontend.set_mem_table(&regions).map_err(step("SET_MEM_TABLE"))?;
-        // The driver's ring addresses were checked against guest memory (Queue::is_valid)
-        // before activation; the backend gets them as our own virtual addresses.
+        // The backend gets ring addresses as our own virtual addresses of the bounce memory.
         let host = |addr: u64| {
-            mem.get_host_address(GuestAddress(addr))
+            self.bounce
+                .get_host_address(GuestAddress(addr))
                 .map(|p| p as u64)
-                .map_err(|e| format!("ring address {addr:#x}: {e}"))
+                .map_err(|e| format!("shadow ring address {addr:#x}: {e}"))
         };
-        for (i, q) in queues.iter().enumerate() {
+        for (i, q) in shadows.iter().enumerate() {
+            let (desc, avail, used) = q.rings();
             self.frontend.set_vring_num(i, q.size()).map_err(step("SET_VRING_NUM"))?;
             let cfg = VringConfigData {
-                queue_max_size: q.max_size(),
+                queue_max_size: q.size(),
                 queue_size: q.size(),
                 flags: 0,
-                desc_table_addr: host(q.desc_table())?,
-                used_ring_addr: host(q.used_ring())?,
-                avail_ring_addr: host(q.avail_ring())?,
+                desc_table_addr: host(desc)?,
+                used_ring_addr: host(used)?,
+                avail_ring_addr: host(avail)?,
                 log_addr: None,
             };
             self.frontend.set_vring_addr(i, &cfg).map_err(step("SET_VRING_ADDR"))?;
             self.frontend.set_vring_base(i, 0).map_err(step("SET_VRING_BASE"))?;
             self.frontend.set_vring_call(i, &self.calls[i]).map_err(step("SET_VRING_CALL"))?;
-            self.frontend.set_vring_kick(i, &self.kicks[i]).map_err(step("SET_VRING_KICK"))?;
+            self.frontend.set_vring_kick(i, &self.backend_kicks[i]).map_err(step("SET_VRING_KICK"))?;
             if self.protocol {
                 self.frontend.set_vring_enable(i, true).map_err(step("SET_VRING_ENABLE"))?;
             }
@@ -154,7 +214,10 @@ impl VirtioDevice for FsDevice {
     }
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
         super::expect_queues(&queues, NUM_QUEUES)?;
-        self.start_backend(&mem, &queues).map_err(|e| ActivateError::Backend(format!("vhost-user {e}")))
+        let shadows = self.shadows();
+        self.start_backend(&shadows).map_err(|e| ActivateError::Backend(format!("vhost-user {e}")))?;
+        self.active = Some(Active { mem, queues, shadows });
+        Ok(())
     }
     fn reset(&mut self) -> bool {
         // The backend's rings cannot be rewound from here; the driver only resets on shutdown.
@@ -172,16 +235,20 @@ impl MutEventSubscriber for FsDevice {
             let _ = ops.remove(Events::empty_raw(fd));
             return;
         }
-        if let Some(call) = self.calls.iter().find(|c| c.as_raw_fd() == fd) {
-            let _ = call.read();
-            self.interrupt.signal(INT_VRING);
+        // virtiofsd answered on queue i, or the guest notified it: either way, serve it.
+        if let Some(i) = self.calls.iter().position(|e| e.as_raw_fd() == fd) {
+            let _ = self.calls[i].read();
+            self.pump(i);
+        } else if let Some(i) = self.kicks.iter().position(|e| e.as_raw_fd() == fd) {
+            let _ = self.kicks[i].read();
+            self.pump(i);
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        for c in &self.calls {
+        for c in self.calls.iter().chain(&self.kicks) {
             if let Err(e) = ops.add(Events::new(c, EventSet::IN)) {
-                tracing::error!("virtio-fs: cannot watch a call eventfd: {e:?}");
+                tracing::error!("virtio-fs: cannot watch a queue's eventfd: {e:?}");
             }
         }
         // Readable only when the backend hangs up (it sends nothing unprompted without the
