@@ -68,13 +68,22 @@ const VM_EXIT_WAIT: Duration = Duration::from_secs(1);
 pub type Result<T> = std::result::Result<T, PodError>;
 
 /// The VM side of a pod: [`Sandbox`] in production; tests give a pod a fake.
+/// How a process of the VM ended. `clean` is an exit with status 0, which the VM's daemons make
+/// when a peer hangs up on them (virtiofsd when its VMM dies): a consequence, not a cause, so a
+/// process that died by a signal or failed is preferred when there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmEnd {
+    pub what: String,
+    pub clean: bool,
+}
+
 pub trait Vm: Send {
     /// The hybrid vsock socket the host dials for stdio streams.
     fn vsock_socket(&self) -> &Path;
     /// A pidfd per process of the VM, named, to learn when one ends.
     fn pidfds(&self) -> std::result::Result<Vec<(&'static str, OwnedFd)>, ProcessError>;
-    /// How a process of the VM ended, if one has.
-    fn how_it_ended(&mut self) -> Option<String>;
+    /// How a process of the VM ended, if one has: the cause first (see [`VmEnd`]).
+    fn how_it_ended(&mut self) -> Option<VmEnd>;
     /// Whether the host's OOM killer has killed a process of the VM (its host cgroup's limit
     /// was hit).
     fn oom_killed(&self) -> bool {
@@ -956,23 +965,35 @@ impl Pod {
     /// the vsock backend's socket): the process has closed its files but is not yet a zombie
     /// the pidfd reports. A moment's wait lets the failure name it.
     fn agent_lost(&self, reason: &str) {
-        let deadline = Instant::now() + VM_EXIT_WAIT;
-        loop {
-            let how = lock(&self.vm).as_mut().and_then(|vm| vm.how_it_ended());
-            if let Some(how) = how {
-                return self.sandbox_failed(format!("sandbox process failed: {how}"));
-            }
-            if Instant::now() >= deadline {
-                return self.sandbox_failed(format!("lost the guest agent: {reason}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match self.vm_end_cause() {
+            Some(how) => self.sandbox_failed(format!("sandbox process failed: {how}")),
+            None => self.sandbox_failed(format!("lost the guest agent: {reason}")),
         }
     }
 
     fn vm_process_ended(&self, name: &'static str) {
-        let how = lock(&self.vm).as_mut().and_then(|vm| vm.how_it_ended());
-        let how = how.unwrap_or_else(|| format!("{name} exited"));
+        let how = self.vm_end_cause().unwrap_or_else(|| format!("{name} exited"));
         self.sandbox_failed(format!("sandbox process failed: {how}"));
+    }
+
+    /// What ended the VM, waiting a moment for the cause. A process that was killed or failed
+    /// is the answer at once. A clean exit alone is held until [`VM_EXIT_WAIT`] has passed:
+    /// when the VMM is killed, virtiofsd sees its socket close and exits 0 before the dying
+    /// VMM (its vCPU threads still leaving KVM) is a zombie the pidfd reports.
+    fn vm_end_cause(&self) -> Option<String> {
+        let deadline = Instant::now() + VM_EXIT_WAIT;
+        let mut clean = None;
+        loop {
+            match lock(&self.vm).as_mut().and_then(|vm| vm.how_it_ended()) {
+                Some(end) if !end.clean => return Some(end.what),
+                Some(end) => clean = Some(end.what),
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return clean;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The VM went over its host cgroup's memory limit and the host's OOM killer took a

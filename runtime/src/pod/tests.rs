@@ -101,9 +101,9 @@ impl Vm for FakeVm {
         Ok(vec![("fake-vmm", unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })])
     }
 
-    fn how_it_ended(&mut self) -> Option<String> {
+    fn how_it_ended(&mut self) -> Option<VmEnd> {
         let vmm = self.vmm.as_mut()?;
-        vmm.try_wait().ok().flatten().map(|s| format!("fake-vmm exited ({s})"))
+        vmm.try_wait().ok().flatten().map(|s| VmEnd { what: format!("fake-vmm exited ({s})"), clean: s.success() })
     }
 
     fn oom_killed(&self) -> bool {

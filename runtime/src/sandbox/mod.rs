@@ -247,8 +247,8 @@ impl crate::pod::Vm for Sandbox {
         self.procs.iter().map(|p| Ok((p.name, p.pidfd()?))).collect()
     }
 
-    fn how_it_ended(&mut self) -> Option<String> {
-        self.procs.iter_mut().find_map(|p| p.check_alive().err()).map(|e| e.to_string())
+    fn how_it_ended(&mut self) -> Option<crate::pod::VmEnd> {
+        cause(self.procs.iter_mut().filter_map(|p| p.check_alive().err()).collect())
     }
 
     fn oom_killed(&self) -> bool {
@@ -267,6 +267,14 @@ impl crate::pod::Vm for Sandbox {
             proc.reap_by(deadline);
         }
     }
+}
+
+/// Of the sandbox's processes that ended (in start order, the VMM first), the one to blame: the
+/// first killed or failed, else the first that exited cleanly.
+fn cause(ended: Vec<ProcessError>) -> Option<crate::pod::VmEnd> {
+    let clean = |e: &ProcessError| matches!(e, ProcessError::Exited { how, .. } if how == "status 0");
+    let cause = ended.iter().find(|e| !clean(e)).or(ended.first())?;
+    Some(crate::pod::VmEnd { what: cause.to_string(), clean: clean(cause) })
 }
 
 /// What the agent prints on the console once its control port listens.
@@ -305,5 +313,26 @@ fn console_tail(console: &Path) -> String {
         "empty".into()
     } else {
         format!("last lines: {tail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(name: &'static str, how: &str) -> ProcessError {
+        ProcessError::Exited { name, how: how.to_string() }
+    }
+
+    #[test]
+    fn the_process_that_was_killed_is_blamed_before_one_that_exited_cleanly() {
+        // virtiofsd (later in start order) exited 0 when the VMM it served was killed.
+        let end = cause(vec![exited("virtiofsd", "status 0"), exited("hull-vmm", "signal 9")]).unwrap();
+        assert_eq!((end.what.contains("hull-vmm"), end.clean), (true, false), "{end:?}");
+        let end = cause(vec![exited("hull-vmm", "status 1"), exited("virtiofsd", "signal 9")]).unwrap();
+        assert!(end.what.contains("hull-vmm"), "the first unclean one, in start order: {end:?}");
+        let end = cause(vec![exited("virtiofsd", "status 0")]).unwrap();
+        assert!(end.clean && end.what.contains("virtiofsd"), "{end:?}");
+        assert_eq!(cause(Vec::new()), None);
     }
 }
