@@ -18,6 +18,10 @@ use hull_protocol::{StreamHeader, StreamKind, STDIO_PORT};
 
 use crate::vsock;
 
+/// How long giving a process EOF on stdin waits for the relay to forward what the host's end
+/// still holds (see [`StdinCloser::close`]).
+const STDIN_DRAIN: Duration = Duration::from_millis(500);
+
 /// Where one stream goes on the host.
 pub enum Endpoint {
     /// An open file descriptor (the CLI's own stdio).
@@ -63,7 +67,26 @@ pub struct Relays {
     done: Receiver<()>,
     pending: usize,
     /// The guest side of stdin, kept to close it on request (`CloseIO`).
-    stdin: Option<UnixStream>,
+    stdin: Option<StdinCloser>,
+}
+
+/// What gives a process EOF on stdin on request (containerd's `CloseIO`).
+pub struct StdinCloser {
+    conn: UnixStream,
+    /// Signalled when the relay has forwarded everything up to the host end's own EOF.
+    relayed: Receiver<()>,
+}
+
+impl StdinCloser {
+    /// EOF for the process, after the bytes the host's end already holds. A FIFO's writer
+    /// asks for this as its input ends and closes the FIFO right after (ctr does), with its
+    /// last bytes still in the FIFO: cutting the connection at once lost them. So the relay
+    /// gets [`STDIN_DRAIN`] to forward them and end on its own; only a writer that keeps the
+    /// FIFO open past that is cut off.
+    pub fn close(self) {
+        let _ = self.relayed.recv_timeout(STDIN_DRAIN);
+        let _ = self.conn.shutdown(Shutdown::Write);
+    }
 }
 
 /// Connect the three streams of a container's init (or of one of its execs) to the guest.
@@ -84,6 +107,7 @@ pub fn attach(vsock_socket: &Path, container_id: &str, exec_id: Option<&str>, en
 
     let relay_error = |source| StdioError { stream: "relays", source };
     let stdin_handle = stdin.try_clone().map_err(relay_error)?;
+    let (relayed_tx, relayed) = mpsc::channel();
     std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
@@ -93,6 +117,7 @@ pub fn attach(vsock_socket: &Path, container_id: &str, exec_id: Option<&str>, en
             }
             // EOF from the host is the container's EOF on stdin.
             let _ = conn.shutdown(Shutdown::Write);
+            let _ = relayed_tx.send(());
         })
         .map_err(relay_error)?;
 
@@ -108,15 +133,14 @@ pub fn attach(vsock_socket: &Path, container_id: &str, exec_id: Option<&str>, en
             })
             .map_err(relay_error)?;
     }
-    Ok(Relays { done, pending: 2, stdin: Some(stdin_handle) })
+    Ok(Relays { done, pending: 2, stdin: Some(StdinCloser { conn: stdin_handle, relayed }) })
 }
 
 impl Relays {
-    /// Give the container EOF on stdin now.
-    pub fn close_stdin(&mut self) {
-        if let Some(conn) = self.stdin.take() {
-            let _ = conn.shutdown(Shutdown::Write);
-        }
+    /// The means to give the process EOF on stdin, once: [`StdinCloser::close`] may wait, so
+    /// callers take it out of any lock first.
+    pub fn take_stdin(&mut self) -> Option<StdinCloser> {
+        self.stdin.take()
     }
 
     /// Wait until both output streams reached EOF, or `timeout` passed.

@@ -748,10 +748,11 @@ impl Pod {
         self.agent.resize_terminal(id, exec_id, width, height).map_err(error::agent("resizing the terminal"))
     }
 
-    /// Give the process EOF on stdin.
+    /// Give the process EOF on stdin, after what its host end already holds.
     pub fn close_stdin(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
-        if let Some(relays) = lock(&self.table).process(id, exec_id)?.relays.as_mut() {
-            relays.close_stdin();
+        let closer = lock(&self.table).process(id, exec_id)?.relays.as_mut().and_then(Relays::take_stdin);
+        if let Some(closer) = closer {
+            closer.close();
         }
         Ok(())
     }
