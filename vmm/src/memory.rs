@@ -1,5 +1,5 @@
-//! Guest RAM: one memfd, mapped shared, so a vhost-user backend (virtiofsd) can map the same
-//! pages by file descriptor.
+//! Guest RAM: one memfd, mapped shared. Nothing else maps it any more (virtio-fs copies through
+//! its own bounce memfd, `virtio::fs`), but the balloon's MADV_REMOVE needs a shared mapping.
 
 use std::ffi::CStr;
 use std::fs::File;

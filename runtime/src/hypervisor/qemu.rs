@@ -89,7 +89,7 @@ impl Qemu {
             .args(["-device", "vhost-user-vsock-device,chardev=vsock"])
             .args(["-chardev", &format!("socket,id=fs,path={}", vm.virtiofs_socket.display())])
             .args(["-device", &format!("vhost-user-fs-device,chardev=fs,tag={}", vm.virtiofs_tag)])
-            // Free page reporting only: the guest hands back the 2 MiB blocks it has left free
+            // Free page reporting only: the guest hands back the 4 MiB blocks it has left free
             // and QEMU punches them out of the memfd. The balloon is never inflated.
             .args(["-device", "virtio-balloon-device,free-page-reporting=on"])
             // QEMU's own filter on top of the jail's: no obsolete system calls, no privilege

@@ -1,5 +1,6 @@
 //! virtio-balloon, for free page reporting only: the guest tells us which blocks of its memory
-//! it has left free (2 MiB and larger, in Linux) and we drop their pages from the memfd, so an
+//! it has left free (pageblocks: 4 MiB in hull's guest kernel, which has no huge pages) and we
+//! drop their pages from the memfd, so an
 //! idle sandbox's host memory follows what its guest really uses. The balloon is never asked
 //! to inflate (`num_pages` stays 0); what a guest puts on the inflate and deflate queues anyway
 //! is handed back untouched.
@@ -111,13 +112,16 @@ impl BalloonDevice {
                 return;
             }
             let problem = match Chain::parse(mem, chain, *mem_size) {
-                Ok(c) => free_pages(&c.writable).into_iter().find_map(|(addr, len)| match discard(mem, addr, len) {
-                    Ok(()) => {
-                        *discarded += len;
-                        None
-                    }
-                    Err(e) => Some(format!("discarding {len} bytes at {:#x}: {e}", addr.0)),
-                }),
+                // Every block is tried; the first failure is the one reported.
+                Ok(c) => {
+                    free_pages(&c.writable).into_iter().fold(None, |first, (addr, len)| match discard(mem, addr, len) {
+                        Ok(()) => {
+                            *discarded += len;
+                            first
+                        }
+                        Err(e) => first.or(Some(format!("discarding {len} bytes at {:#x}: {e}", addr.0))),
+                    })
+                }
                 Err(e) => Some(e.to_string()),
             };
             if let Some(p) = problem {

@@ -22,8 +22,8 @@ pub struct Segment {
 pub enum ChainError {
     #[error("descriptor {index}: {len} bytes at {addr:#x} are not inside guest memory")]
     OutOfRange { index: usize, addr: u64, len: u32 },
-    #[error("chain has more than {MAX_DESCRIPTORS} descriptors")]
-    TooManyDescriptors,
+    #[error("chain has more than {0} descriptors")]
+    TooManyDescriptors(usize),
     #[error("chain carries more than {max} {dir} bytes")]
     TooLarge { dir: &'static str, max: u64 },
     #[error("device-readable descriptor {0} follows a device-writable one")]
@@ -48,6 +48,21 @@ impl Chain {
         M: Deref,
         M::Target: GuestMemory,
     {
+        Chain::parse_long(mem, chain, max_bytes, MAX_DESCRIPTORS)
+    }
+
+    /// [`parse`](Self::parse) with room for `max_descriptors`: a full-size FUSE request is a
+    /// descriptor per page (256 of them for 1 MiB) plus its headers.
+    pub fn parse_long<M>(
+        mem: &impl GuestMemory,
+        chain: DescriptorChain<M>,
+        max_bytes: u64,
+        max_descriptors: usize,
+    ) -> Result<Chain, ChainError>
+    where
+        M: Deref,
+        M::Target: GuestMemory,
+    {
         let mut out = Chain::default();
         let mut checked = Vec::new();
         // The iterator stops quietly on a bad next index, a loop longer than the queue or a
@@ -55,8 +70,8 @@ impl Chain {
         // one of those.
         let mut dangling = false;
         for (index, desc) in chain.enumerate() {
-            if index >= MAX_DESCRIPTORS {
-                return Err(ChainError::TooManyDescriptors);
+            if index >= max_descriptors {
+                return Err(ChainError::TooManyDescriptors(max_descriptors));
             }
             let seg = Segment { addr: desc.addr(), len: desc.len() };
             if seg.len > 0 && !mem.check_range(seg.addr, seg.len as usize) {

@@ -118,9 +118,16 @@ impl FsDevice {
     fn shadows(&self) -> Vec<ShadowQueue> {
         let rings: u64 = SHADOW_SIZES.iter().map(|&n| ring_bytes(n)).sum();
         let room = (BOUNCE_MIB << 20) - rings - HIPRIO_ROOM;
-        let hiprio = ShadowQueue::new(&self.bounce, 0, SHADOW_SIZES[0], (rings, HIPRIO_ROOM));
-        let request =
-            ShadowQueue::new(&self.bounce, ring_bytes(SHADOW_SIZES[0]), SHADOW_SIZES[1], (rings + HIPRIO_ROOM, room));
+        // A guest request has at most as many descriptors as its queue has entries.
+        let most = |i: usize| usize::from(self.queue_sizes[i]);
+        let hiprio = ShadowQueue::new(&self.bounce, 0, SHADOW_SIZES[0], (rings, HIPRIO_ROOM), most(0));
+        let request = ShadowQueue::new(
+            &self.bounce,
+            ring_bytes(SHADOW_SIZES[0]),
+            SHADOW_SIZES[1],
+            (rings + HIPRIO_ROOM, room),
+            most(1),
+        );
         vec![hiprio, request]
     }
 
@@ -134,8 +141,9 @@ impl FsDevice {
         if progress.posted > 0 {
             let _ = self.backend_kicks[i].write(1);
         }
-        if progress.more && progress.posted > 0 {
-            // The budget ran out with requests still queued: come back on a later turn.
+        if progress.budget_spent {
+            // Requests may be left on the guest's ring: come back on a later turn. (Waiting for
+            // bounce room needs no kick: the completion that frees it calls back here.)
             let _ = self.kicks[i].write(1);
         }
         if completed + progress.completed > 0 && queues[i].needs_notification(mem).unwrap_or(true) {

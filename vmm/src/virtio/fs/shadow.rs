@@ -12,7 +12,7 @@ use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 use super::bounce::Extents;
 use crate::virtio::chain::Chain;
@@ -45,9 +45,20 @@ pub struct Progress {
     pub posted: usize,
     /// Guest chains completed (the guest may need an interrupt).
     pub completed: usize,
-    /// Guest requests still waiting (the budget or the bounce memory ran out).
-    pub more: bool,
+    /// The budget ran out with guest requests maybe left: serve the queue again on a later
+    /// turn of the event loop (the guest does not notify again for requests it posted).
+    pub budget_spent: bool,
+    /// A request waits for bounce room: a completion brings it back, not a kick.
+    pub waiting: bool,
 }
+
+/// An extent this large has its pages dropped when its request completes, so a burst of big
+/// requests does not leave the bounce memory resident for the VM's lifetime; small requests
+/// reuse the same first extents and stay cheap.
+const DROP_PAGES_FROM: u64 = 256 << 10;
+/// FUSE's reply header, and the error a request the VMM cannot serve gets.
+const FUSE_OUT_HEADER: u64 = 16;
+const EIO: i32 = 5;
 
 pub struct ShadowQueue {
     size: u16,
@@ -62,14 +73,22 @@ pub struct ShadowQueue {
     next_used: Wrapping<u16>,
     /// A parsed guest request that did not fit yet; it goes first next time.
     waiting: VecDeque<(u16, Chain)>,
-    scratch: Vec<u8>,
+    /// The most descriptors one guest request may have (its queue's size).
+    max_descriptors: usize,
     bad_used: hull_protocol::LogBudget,
 }
 
 impl ShadowQueue {
     /// A ring of `size` (a power of two) at `base` in `bounce`, with the data extents
-    /// `data` (offset, length) for its requests. The ring memory is zeroed.
-    pub fn new(bounce: &GuestMemoryMmap, base: u64, size: u16, data: (u64, u64)) -> ShadowQueue {
+    /// `data` (offset, length) for its requests, serving a guest queue whose requests have up
+    /// to `max_descriptors`. The ring memory is zeroed.
+    pub fn new(
+        bounce: &GuestMemoryMmap,
+        base: u64,
+        size: u16,
+        data: (u64, u64),
+        max_descriptors: usize,
+    ) -> ShadowQueue {
         let desc = base;
         let avail = desc + 16 * u64::from(size);
         let used = (avail + 6 + 2 * u64::from(size)).next_multiple_of(4);
@@ -85,7 +104,7 @@ impl ShadowQueue {
             next_avail: Wrapping(0),
             next_used: Wrapping(0),
             waiting: VecDeque::new(),
-            scratch: Vec::new(),
+            max_descriptors,
             bad_used: hull_protocol::LogBudget::new(8),
         }
     }
@@ -112,15 +131,22 @@ impl ShadowQueue {
             let (head, chain) = match self.waiting.pop_front() {
                 Some(w) => w,
                 None => {
-                    let Some(c) = queue.pop_descriptor_chain(guest) else { break };
+                    let Some(c) = queue.pop_descriptor_chain(guest) else { return self.publish(bounce, progress) };
                     let head = c.head_index();
-                    match Chain::parse(guest, c, self.extents.capacity()) {
+                    match Chain::parse_long(guest, c, self.extents.capacity(), self.max_descriptors) {
                         Ok(chain) if chain.readable_len + chain.writable_len <= self.extents.capacity() => {
                             (head, chain)
                         }
-                        // Malformed, or more than the bounce memory could ever hold: that
-                        // request fails, with nothing written.
-                        _ => {
+                        // More than the bounce memory could ever hold: FUSE gets an error
+                        // reply (a reply left empty would read as success).
+                        Ok(chain) => {
+                            let written = fail_request(guest, &chain);
+                            let _ = queue.add_used(guest, head, written);
+                            progress.completed += 1;
+                            continue;
+                        }
+                        // Malformed: returned with nothing written, as every device does.
+                        Err(_) => {
                             let _ = queue.add_used(guest, head, 0);
                             progress.completed += 1;
                             continue;
@@ -136,21 +162,18 @@ impl ShadowQueue {
             };
             let Some(extent) = extent else {
                 self.waiting.push_front((head, chain));
-                progress.more = true;
+                progress.waiting = true;
                 return self.publish(bounce, progress);
             };
             self.post(guest, bounce, head, chain, extent);
             progress.posted += 1;
         }
-        progress.more |= !self.waiting.is_empty();
+        progress.budget_spent = true;
         self.publish(bounce, progress)
     }
 
     fn post(&mut self, guest: &GuestMemoryMmap, bounce: &GuestMemoryMmap, head: u16, chain: Chain, extent: (u64, u64)) {
-        let readable = chain.readable_len as usize;
-        self.scratch.resize(readable, 0);
-        let n = chain.read_at(guest, 0, &mut self.scratch);
-        let _ = bounce.write_slice(&self.scratch[..n], GuestAddress(extent.0));
+        copy_in(guest, &chain, bounce, extent.0);
         let mut parts = Vec::with_capacity(2);
         if chain.readable_len > 0 {
             parts.push((extent.0, chain.readable_len, 0));
@@ -203,14 +226,12 @@ impl ShadowQueue {
                 }
                 continue;
             };
-            let n = u64::from(len).min(done.chain.writable_len) as usize;
-            self.scratch.resize(n, 0);
-            let from = GuestAddress(done.extent.0 + done.chain.readable_len);
-            let written = match bounce.read_slice(&mut self.scratch[..n], from) {
-                Ok(()) => done.chain.write_at(guest, 0, &self.scratch[..n]),
-                Err(_) => 0,
-            };
+            let n = u64::from(len).min(done.chain.writable_len);
+            let written = copy_out(bounce, done.extent.0 + done.chain.readable_len, n, guest, &done.chain);
             let _ = queue.add_used(guest, done.guest_head, written as u32);
+            if done.extent.1 >= DROP_PAGES_FROM {
+                drop_pages(bounce, done.extent);
+            }
             self.extents.release(done.extent.0, done.extent.1);
             self.free_descs.extend(done.descs);
             completed += 1;
@@ -221,6 +242,61 @@ impl ShadowQueue {
     /// Requests the backend holds now.
     pub fn in_flight(&self) -> usize {
         self.inflight.iter().filter(|i| i.is_some()).count()
+    }
+}
+
+/// Copy the request's device-readable bytes to `to` in the bounce memory, slice to slice.
+fn copy_in(guest: &GuestMemoryMmap, chain: &Chain, bounce: &GuestMemoryMmap, to: u64) {
+    let mut at = to;
+    for seg in &chain.readable {
+        // Chain::parse checked each segment lies in guest memory, and the extent holds them all.
+        if let (Ok(from), Ok(dst)) =
+            (guest.get_slice(seg.addr, seg.len as usize), bounce.get_slice(GuestAddress(at), seg.len as usize))
+        {
+            from.copy_to_volatile_slice(dst);
+        }
+        at += u64::from(seg.len);
+    }
+}
+
+/// Copy `n` reply bytes from `from` in the bounce memory into the request's device-writable
+/// segments; returns how many landed.
+fn copy_out(bounce: &GuestMemoryMmap, from: u64, n: u64, guest: &GuestMemoryMmap, chain: &Chain) -> u64 {
+    let mut done = 0u64;
+    for seg in &chain.writable {
+        if done == n {
+            break;
+        }
+        let len = u64::from(seg.len).min(n - done) as usize;
+        match (bounce.get_slice(GuestAddress(from + done), len), guest.get_slice(seg.addr, len)) {
+            (Ok(src), Ok(dst)) => src.copy_to_volatile_slice(dst),
+            _ => break,
+        }
+        done += len as u64;
+    }
+    done
+}
+
+/// Answer a FUSE request the VMM cannot serve with EIO: a reply header naming the request's
+/// `unique` (bytes 8..16 of its in-header). Returns the bytes written.
+fn fail_request(guest: &GuestMemoryMmap, chain: &Chain) -> u32 {
+    let mut unique = [0u8; 8];
+    if chain.writable_len < FUSE_OUT_HEADER || chain.read_at(guest, 8, &mut unique) != 8 {
+        return 0;
+    }
+    let mut header = [0u8; FUSE_OUT_HEADER as usize];
+    header[..4].copy_from_slice(&(FUSE_OUT_HEADER as u32).to_le_bytes());
+    header[4..8].copy_from_slice(&(-EIO).to_le_bytes());
+    header[8..].copy_from_slice(&unique);
+    chain.write_at(guest, 0, &header) as u32
+}
+
+/// Give the whole pages of a completed request's extent back to the host.
+fn drop_pages(bounce: &GuestMemoryMmap, (off, len): (u64, u64)) {
+    let start = off.next_multiple_of(4096);
+    let end = (off + len) / 4096 * 4096;
+    if end > start {
+        let _ = crate::virtio::balloon::discard(bounce, GuestAddress(start), end - start);
     }
 }
 
@@ -276,7 +352,7 @@ mod tests {
         let guest = crate::memory::create(16).unwrap();
         let q = queue_with(&guest, descs, 0);
         let bounce = crate::memory::create(16).unwrap();
-        let shadow = ShadowQueue::new(&bounce, 0, 16, (ring_bytes(16), 1 << 20));
+        let shadow = ShadowQueue::new(&bounce, 0, 16, (ring_bytes(16), 1 << 20), 1024);
         (guest, q, bounce, shadow)
     }
 
@@ -292,7 +368,7 @@ mod tests {
         guest.write_slice(b"hel", GuestAddress(0x5000)).unwrap();
         guest.write_slice(b"lo", GuestAddress(0x6000)).unwrap();
         let p = shadow.submit(&guest, &mut q, &bounce, 64);
-        assert_eq!((p.posted, p.completed, p.more), (1, 0, false));
+        assert_eq!((p.posted, p.completed, p.waiting), (1, 0, false));
         assert_eq!(shadow.in_flight(), 1);
         let mut seen = 0;
         backend_answers(&bounce, &shadow, &mut seen, None);
@@ -331,19 +407,63 @@ mod tests {
 
     #[test]
     fn requests_wait_for_room_and_impossible_ones_fail_at_once() {
-        // A 1.5 MiB request against 1 MiB of bounce memory fails at once...
-        let (guest, mut q, bounce, mut shadow) = setup(&[(0x10_0000, 0x18_0000, 0, 0)]);
+        // A 1.5 MiB request against 1 MiB of bounce memory fails at once, with FUSE's EIO
+        // for its `unique` (an empty reply would read as success)...
+        let (guest, mut q, bounce, mut shadow) =
+            setup(&[(0x10_0000, 0xc_0000, GUEST_NEXT, 1), (0x20_0000, 0xc_0000, GUEST_WRITE, 0)]);
+        guest.write_obj(0x1234_5678_9abc_u64, GuestAddress(0x10_0008)).unwrap();
         let p = shadow.submit(&guest, &mut q, &bounce, 64);
         assert_eq!((p.posted, p.completed), (0, 1));
         assert_eq!(guest.read_obj::<u16>(GuestAddress(USED + 2)).unwrap(), 1);
+        assert_eq!(guest.read_obj::<u32>(GuestAddress(USED + 8)).unwrap(), 16);
+        assert_eq!(guest.read_obj::<u32>(GuestAddress(0x20_0000)).unwrap(), 16);
+        assert_eq!(guest.read_obj::<i32>(GuestAddress(0x20_0004)).unwrap(), -5);
+        assert_eq!(guest.read_obj::<u64>(GuestAddress(0x20_0008)).unwrap(), 0x1234_5678_9abc);
         // ...and one that fits only once another is done waits for it.
         let (guest, mut q, bounce, mut shadow) =
             setup(&[(0x10_0000, 0x8_0000, GUEST_NEXT, 1), (0x20_0000, 16, GUEST_WRITE, 0)]);
         let hog = shadow.extents.alloc(0xc_0000).unwrap();
         let p = shadow.submit(&guest, &mut q, &bounce, 64);
-        assert_eq!((p.posted, p.more), (0, true));
+        assert_eq!((p.posted, p.waiting), (0, true));
         shadow.extents.release(hog.0, hog.1);
         let p = shadow.submit(&guest, &mut q, &bounce, 64);
-        assert_eq!((p.posted, p.more), (1, false));
+        assert_eq!((p.posted, p.waiting), (1, false));
+    }
+
+    #[test]
+    fn a_full_size_fuse_request_of_260_descriptors_goes_through() {
+        // 1 MiB of data is a descriptor per page plus FUSE's headers: 260 in an indirect table.
+        const INDIRECT: u16 = 4;
+        let table = 0x40_0000u64;
+        let guest = crate::memory::create(16).unwrap();
+        for i in 0..260u64 {
+            let (addr, flags) = if i < 259 { (0x50_0000 + 64 * i, GUEST_NEXT) } else { (0x60_0000, GUEST_WRITE) };
+            let at = GuestAddress(table + 16 * i);
+            guest.write_obj(addr, at).unwrap();
+            guest.write_obj(64u32, GuestAddress(at.0 + 8)).unwrap();
+            guest.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
+            guest.write_obj((i + 1) as u16, GuestAddress(at.0 + 14)).unwrap();
+        }
+        let mut q = queue_with(&guest, &[(table, 260 * 16, INDIRECT, 0)], 0);
+        let bounce = crate::memory::create(16).unwrap();
+        let mut shadow = ShadowQueue::new(&bounce, 0, 16, (ring_bytes(16), 1 << 20), 1024);
+        let p = shadow.submit(&guest, &mut q, &bounce, 64);
+        assert_eq!((p.posted, p.completed), (1, 0), "refused: more than the 256 descriptors other devices take");
+        let mut seen = 0;
+        backend_answers(&bounce, &shadow, &mut seen, None);
+        assert_eq!(shadow.complete(&guest, &mut q, &bounce), 1);
+        assert_eq!(guest.read_obj::<u32>(GuestAddress(USED + 8)).unwrap(), 64);
+    }
+
+    #[test]
+    fn a_spent_budget_says_so_and_the_rest_is_served_next_time() {
+        let (guest, mut q, bounce, mut shadow) = setup(&[(0x5000, 4, GUEST_NEXT, 1), (0x7000, 4, GUEST_WRITE, 0)]);
+        // Two requests on the guest's ring (the same chain twice).
+        guest.write_obj(0u16, GuestAddress(crate::virtio::chain::tests::AVAIL + 6)).unwrap();
+        guest.write_obj(2u16, GuestAddress(crate::virtio::chain::tests::AVAIL + 2)).unwrap();
+        let p = shadow.submit(&guest, &mut q, &bounce, 1);
+        assert_eq!((p.posted, p.budget_spent), (1, true));
+        let p = shadow.submit(&guest, &mut q, &bounce, 64);
+        assert_eq!((p.posted, p.budget_spent), (1, false));
     }
 }
