@@ -37,7 +37,7 @@ echo "bench: L1: hull-vmm vs QEMU/KVM ($RUNS runs each, interleaved)" >&2
 . <(tr ' ' '\n' < "$work/l1/result" | grep -E '^[a-z_-]+=[0-9]+$' | tr '-' '_')
 ratio() { python3 -c 'import sys; a,b=map(float,sys.argv[1:]); print(f"{a/b:.2f}")' "$1" "$2"; }
 cat <<TABLE
-| measurement (median of $RUNS; L1 = QEMU/TCG VM with nested KVM, 2 vCPUs; $(date -u +%F)) | hull-vmm | QEMU/KVM | hull-vmm / QEMU |
+| measurement (median of $RUNS; L1 = QEMU/TCG VM with nested KVM, ${HULL_L1_CPUS:-1} vCPU(s); $(date -u +%F)) | hull-vmm | QEMU/KVM | hull-vmm / QEMU |
 |---|---|---|---|
 | L1: VM process start → agent ready | $ready_hull_vmm ms | $ready_qemu ms | $(ratio "$ready_hull_vmm" "$ready_qemu") |
 | L1: \`hull run\` of \`true\`, wall | $run_hull_vmm ms | $run_qemu ms | $(ratio "$run_hull_vmm" "$run_qemu") |
