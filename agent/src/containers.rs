@@ -44,6 +44,29 @@ struct Inner {
     unclaimed_exits: HashMap<i32, i32>,
     /// Per container, the OOM kills already reported.
     oom_kills_seen: HashMap<String, u64>,
+    /// Output pipes of removed processes that the host had not taken yet, with when they were
+    /// left. The host connects a process's streams and then asks for its exit, and may remove
+    /// it as soon as it has that: its stream connections can still be on their way here, and
+    /// the output waiting in the pipes must reach them, not be dropped with the process.
+    left_streams: Vec<(ProcKey, std::time::Instant, HashMap<StreamKind, OwnedFd>)>,
+}
+
+/// How long a removed process's untaken output pipes wait for the host's streams.
+const LEFT_STREAMS_KEPT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Inner {
+    /// Remove a process, keeping its untaken output pipes for a while (see `left_streams`).
+    fn forget(&mut self, key: &ProcKey) {
+        let now = std::time::Instant::now();
+        // An id used again (execs' are) must never get an earlier process's pipes.
+        self.left_streams.retain(|(k, at, _)| k != key && now.duration_since(*at) < LEFT_STREAMS_KEPT);
+        if let Some(mut proc) = self.processes.remove(key) {
+            proc.stdio.remove(&StreamKind::Stdin);
+            if !proc.stdio.is_empty() {
+                self.left_streams.push((key.clone(), now, proc.stdio));
+            }
+        }
+    }
 }
 
 struct Proc {
@@ -225,6 +248,7 @@ impl Registry {
             exec_id: key.1.clone(),
             status,
         });
+        inner.left_streams.retain(|(k, _, _)| *k != key);
         inner.processes.insert(key, Proc { pid, exit_status, stdio: stdio.streams, terminal: stdio.terminal });
         (pid, early_exit)
     }
@@ -282,7 +306,7 @@ impl Registry {
                 Err(refusal::precondition(format!("exec {exec_id} is still running")))
             }
             Some(_) => {
-                inner.processes.remove(&key);
+                inner.forget(&key);
                 Ok(())
             }
         }
@@ -296,7 +320,10 @@ impl Registry {
         let _ = fs::remove_dir_all(Path::new(BUNDLE_ROOT).join(id));
         let mut inner = self.inner.lock().unwrap();
         inner.containers.remove(id);
-        inner.processes.retain(|(cid, _), _| cid != id);
+        let keys: Vec<ProcKey> = inner.processes.keys().filter(|(cid, _)| cid == id).cloned().collect();
+        for key in &keys {
+            inner.forget(key);
+        }
         inner.oom_kills_seen.remove(id);
         Ok(())
     }
@@ -354,10 +381,15 @@ impl Registry {
         crate::terminal::resize(master, width, height)
     }
 
-    /// Hand out the host-facing end of one stdio pipe, once.
+    /// Hand out the host-facing end of one stdio pipe, once (also of a process removed just
+    /// before the host's stream arrived).
     pub fn take_stream(&self, id: &str, exec_id: Option<&str>, kind: StreamKind) -> Option<OwnedFd> {
         let key = (id.to_string(), exec_id.map(str::to_string));
-        self.inner.lock().unwrap().processes.get_mut(&key)?.stdio.remove(&kind)
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(proc) = inner.processes.get_mut(&key) {
+            return proc.stdio.remove(&kind);
+        }
+        inner.left_streams.iter_mut().filter(|(k, _, _)| *k == key).find_map(|(_, _, streams)| streams.remove(&kind))
     }
 
     /// Record the exit of `pid`; returns the events to send when it was a registered process:
