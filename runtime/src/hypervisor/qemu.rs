@@ -12,8 +12,9 @@ const FIRST_TAP_FD: i32 = 100;
 const CONSOLE_FD: i32 = 99;
 /// TCG's translation cache, MiB. QEMU's default (1 GiB on 64-bit hosts) is only reserved, but a
 /// busy guest fills it and QEMU never gives it back: a boot alone touches about 46 MiB of it.
-/// 16 MiB holds a boot without a flush (start to agent ready measured the same as the default)
-/// and bounds what a long-running sandbox can grow to; `HULL_TCG_TB_MIB` changes it.
+/// At 16 MiB a boot flushes it, yet start to agent ready measured about the same and `hull run
+/// true` about 10% slower; it bounds what a long-running sandbox can grow to. A guest that runs
+/// much code at once (a console flood) slows more. `HULL_TCG_TB_MIB` changes it.
 const TCG_TB_MIB: u32 = 16;
 
 /// The translation cache size: [`TCG_TB_MIB`] or `HULL_TCG_TB_MIB`.
