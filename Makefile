@@ -79,12 +79,13 @@ check:
 
 # The suites run against this checkout's build (HULL_ASSET_DIR), not what is installed:
 # scripts/test.sh says where each runs (on hardware KVM: all on hull-vmm, foundation again on
-# QEMU/KVM; without it: all on QEMU/TCG here) and ends with a table of what ran where.
+# QEMU/KVM; without it: all on QEMU/TCG here and, side by side, all on hull-vmm in the
+# nested-KVM rig's L1) and ends with a table of what ran where.
 test: check assets initramfs-hostile
 	@scripts/test.sh
 
 # Without hardware KVM: the whole e2e suite on hull-vmm, and foundation on QEMU/KVM, inside
-# the nested-KVM L1 of tests/nested/ (not yet part of make test: see the README).
+# the nested-KVM L1 of tests/nested/, alone (make test runs it beside the host suite).
 test-nested: assets initramfs-hostile
 	@cargo build --release --locked -p hull-tests --tests
 	@scripts/test.sh nested
