@@ -409,3 +409,61 @@ fn sigterm_shuts_the_vmm_down_in_order() {
     assert!(vm.stderr_text().contains("signal 15: shutting down"), "{}", vm.stderr_text());
     assert!(!uds.exists(), "the vsock socket was left behind");
 }
+
+/// The console's last "tick N", if any.
+fn last_tick(console: &str) -> Option<u64> {
+    console.lines().rev().find_map(|l| l.strip_prefix("hull-synthetic: tick ")?.trim().parse().ok())
+}
+
+#[test]
+fn a_snapshot_restored_in_a_new_process_goes_on_where_it_stopped() {
+    let env = Env::new("vmm-snapshot");
+    let guest = synthetic_guest().to_str().unwrap();
+    let snap = env.dir.join("vm.snap");
+    let snap_s = snap.to_str().unwrap();
+    let base = ["--kernel", guest, "--cmdline", "hull.ticks=1", "--memory-mib", "64"];
+
+    let first_dir = env.dir.join("first");
+    std::fs::create_dir_all(&first_dir).unwrap();
+    let mut first = Vm::start(&first_dir, &[&base[..], &["--snapshot-to", snap_s]].concat());
+    first.wait_console("hull-synthetic: tick 3", Duration::from_secs(30));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(first.pid() as i32, libc::SIGUSR1) }, 0);
+    let status = first.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "hull-vmm exited {status} after SIGUSR1\n{}", first.stderr_text());
+    assert!(first.stderr_text().contains("snapshot written"), "{}", first.stderr_text());
+    let saved = last_tick(&first.console_text()).unwrap();
+    // The guest touched little of its 64 MiB: the file is sparse.
+    let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&snap).unwrap()) * 512;
+    assert!(blocks < 16 << 20, "the snapshot holds {blocks} bytes of a 64 MiB guest");
+
+    // Twice from the same file: each copy goes on from the saved count.
+    for run in ["second", "third"] {
+        let dir = env.dir.join(run);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut vm = Vm::start(&dir, &[&base[..], &["--restore-from", snap_s]].concat());
+        vm.wait_console(&format!("hull-synthetic: tick {}", saved + 2), Duration::from_secs(30));
+        let console = vm.console_text();
+        assert!(!console.contains("hello from the guest"), "{run}: the restored guest booted again:\n{console}");
+        let first_tick: u64 =
+            console.lines().find_map(|l| l.strip_prefix("hull-synthetic: tick ")?.trim().parse().ok()).unwrap();
+        assert_eq!(first_tick, saved + 1, "{run}: the restored guest did not go on from tick {saved}:\n{console}");
+    }
+
+    // The same file under another VM shape, and damaged: refused, naming why, nothing started.
+    let mut other = base.to_vec();
+    other[5] = "128";
+    let out = Command::new(vmm_bin()).args(&other).args(["--restore-from", snap_s]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("memory_mib"), "{err}");
+    let mut other = base.to_vec();
+    other[3] = "hull.ticks=2";
+    let out = Command::new(vmm_bin()).args(&other).args(["--restore-from", snap_s]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cmdline differs"), "{err}");
+    let len = std::fs::metadata(&snap).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&snap).unwrap().set_len(len - 1).unwrap();
+    let out = Command::new(vmm_bin()).args(base).args(["--restore-from", snap_s]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("truncated") && err.contains(snap_s), "{err}");
+}

@@ -35,6 +35,15 @@ pub struct VmmConfig {
     /// the host. The balloon is never inflated.
     #[serde(default)]
     pub free_page_reporting: bool,
+    /// Where SIGUSR1 saves the VM (see `snapshot`); the file is created (mode 0600) or
+    /// emptied at start, before the jail, and the VM ends once it is written.
+    #[serde(default)]
+    pub snapshot_to: Option<PathBuf>,
+    /// Start from this snapshot instead of booting the kernel. The rest of the configuration
+    /// must be what the snapshot was made with (checked, naming what differs); the devices'
+    /// host ends (sockets, taps, log files) may be new.
+    #[serde(default)]
+    pub restore_from: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,6 +152,37 @@ impl VmmConfig {
         if let Some(initrd) = &self.initrd {
             if !initrd.is_file() {
                 return Err(bad("initrd", format!("{} is not a file", initrd.display())));
+            }
+        }
+        if self.snapshot_to.is_some() || self.restore_from.is_some() {
+            let field = if self.snapshot_to.is_some() { "snapshot_to" } else { "restore_from" };
+            let mut devices = Vec::new();
+            if self.vsock.is_some() {
+                devices.push("vsock");
+            }
+            if self.fs.is_some() {
+                devices.push("fs");
+            }
+            if !self.net.is_empty() {
+                devices.push("net");
+            }
+            if self.free_page_reporting {
+                devices.push("free_page_reporting");
+            }
+            // The virtio devices' own state (transport, queues, backends) is not saved yet.
+            if !devices.is_empty() {
+                return Err(bad(
+                    field,
+                    format!("snapshots of VMs with virtio devices are not supported yet ({})", devices.join(", ")),
+                ));
+            }
+        }
+        if let Some(r) = &self.restore_from {
+            if !r.is_file() {
+                return Err(bad("restore_from", format!("{} is not a file", r.display())));
+            }
+            if self.snapshot_to.is_some() {
+                return Err(bad("snapshot_to", "a restored VM cannot be snapshotted again (not supported yet)"));
             }
         }
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {

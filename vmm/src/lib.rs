@@ -11,5 +11,6 @@ pub mod jail;
 pub mod memory;
 pub mod run;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 pub mod virtio;

@@ -16,6 +16,7 @@ struct Args {
     #[arg(long, conflicts_with_all = [
         "kernel", "initrd", "cmdline", "vcpus", "memory_mib", "vsock_cid", "vsock_uds",
         "fs_socket", "fs_tag", "tap", "tap_fd", "mac", "jail", "uid", "gid", "free_page_reporting",
+        "snapshot_to", "restore_from",
     ])]
     config: Option<PathBuf>,
     /// vmlinux (64-bit ELF) or bzImage.
@@ -67,6 +68,14 @@ struct Args {
     /// the host.
     #[arg(long)]
     free_page_reporting: bool,
+    /// On SIGUSR1, pause the VM, save it to this file (created mode 0600, or emptied, at
+    /// start) and exit 0.
+    #[arg(long)]
+    snapshot_to: Option<PathBuf>,
+    /// Start from a snapshot instead of booting; the other flags must be the ones it was made
+    /// with.
+    #[arg(long)]
+    restore_from: Option<PathBuf>,
     /// Run without seccomp filters (debugging only).
     #[arg(long)]
     no_seccomp: bool,
@@ -115,6 +124,8 @@ impl Args {
             },
             jail: self.jail.map(|dir| JailConfig { dir, uid: self.uid, gid: self.gid, max_open_files: 2048 }),
             free_page_reporting: self.free_page_reporting,
+            snapshot_to: self.snapshot_to,
+            restore_from: self.restore_from,
         })
     }
 }
@@ -140,9 +151,21 @@ fn run(args: Args) -> anyhow::Result<ExitReason> {
 
 fn run_vm(config: &VmmConfig, seccomp: bool, jailed: &mut bool) -> anyhow::Result<ExitReason> {
     let signals = hull_vmm::run::take_signals()?;
-    let mut vmm = builder::create(config)?;
+    // A snapshot is checked whole before anything is built from it: header, state, memory.
+    let restore = match &config.restore_from {
+        Some(path) => {
+            let loaded = hull_vmm::snapshot::file::read(path)?;
+            loaded.verify_memory(path)?;
+            Some(loaded)
+        }
+        None => None,
+    };
+    let mut vmm = builder::create(config, restore.as_ref())?;
     builder::attach_devices(&mut vmm, config)?;
-    builder::load(&mut vmm, config)?;
+    match (&restore, &config.restore_from) {
+        (Some(loaded), Some(path)) => builder::restore(&mut vmm, config, &loaded.snapshot, path)?,
+        _ => builder::load(&mut vmm, config)?,
+    }
     if let Some(jail) = &config.jail {
         hull_vmm::jail::enter(jail)?;
         *jailed = true;
@@ -152,8 +175,9 @@ fn run_vm(config: &VmmConfig, seccomp: bool, jailed: &mut bool) -> anyhow::Resul
         return Ok(vmm.run(signals, None, None)?);
     }
     hull_vmm::seccomp::install_sigsys_handler()?;
-    let vcpu = Arc::new(hull_vmm::seccomp::vcpu_filter()?);
-    let main = hull_vmm::seccomp::main_filter()?;
+    let snapshots = config.snapshot_to.is_some();
+    let vcpu = Arc::new(hull_vmm::seccomp::vcpu_filter(snapshots)?);
+    let main = hull_vmm::seccomp::main_filter(snapshots)?;
     let on_vcpu: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
         if let Err(e) = hull_vmm::seccomp::apply(&vcpu) {
             eprintln!("hull-vmm: {e}");
@@ -196,7 +220,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(args) {
-        Ok(ExitReason::Reset) | Ok(ExitReason::Signal) => ExitCode::SUCCESS,
+        Ok(ExitReason::Reset) | Ok(ExitReason::Signal) | Ok(ExitReason::Snapshot) => ExitCode::SUCCESS,
         Ok(ExitReason::VcpuError) => {
             eprintln!("hull-vmm: the VM stopped on a vCPU error (see the log above)");
             ExitCode::FAILURE

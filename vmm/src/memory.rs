@@ -63,6 +63,32 @@ pub fn create_named(mib: u64, name: &CStr) -> Result<GuestMemoryMmap, MemoryErro
     GuestMemoryMmap::from_ranges_with_files(ranges).map_err(|e| MemoryError::Map(e.to_string()))
 }
 
+/// Guest memory of `mib` MiB mapped `MAP_PRIVATE` from a snapshot file whose memory starts at
+/// `offset`: the file's pages are shared (through the page cache) by every VM mapping it, and
+/// a page the guest writes becomes this VM's own copy. The file is never written.
+pub fn from_snapshot(file: File, offset: u64, mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    use vm_memory::mmap::MmapRegionBuilder;
+    use vm_memory::GuestRegionMmap;
+    if !(16..=65536).contains(&mib) {
+        return Err(MemoryError::Size(mib));
+    }
+    let file = std::sync::Arc::new(file);
+    let mut at = offset;
+    let mut regions = Vec::new();
+    for (addr, len) in ram_ranges(mib << 20) {
+        let mapping = MmapRegionBuilder::new(len as usize)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .with_file_offset(FileOffset::from_arc(file.clone(), at))
+            .build()
+            .map_err(|e| MemoryError::Map(e.to_string()))?;
+        regions
+            .push(GuestRegionMmap::new(mapping, addr).ok_or_else(|| MemoryError::Map(format!("region at {addr:?}")))?);
+        at += len;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Map(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,8 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use event_manager::{EventOps, Events, MutEventSubscriber, SubscriberOps};
 use nix::sys::signal::{SigSet, Signal};
@@ -10,7 +12,19 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::builder::{BuildError, Vmm};
-use crate::vcpu::{ExitEvent, ExitReason};
+use crate::snapshot::{SnapshotError, VmSnapshot};
+use crate::vcpu::{ExitEvent, ExitReason, Pause};
+
+/// How long the vCPUs get to stop and save their state for a snapshot.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The signal that knocks a vCPU thread out of KVM_RUN for a pause. Its handler does nothing:
+/// the interrupted KVM_RUN returning EINTR is the point.
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 /// Wakes the loop when something asked the VM to stop.
 struct ExitWatcher(Arc<ExitEvent>);
@@ -26,18 +40,31 @@ impl MutEventSubscriber for ExitWatcher {
     }
 }
 
-/// SIGTERM and SIGINT arrive here (they are blocked in every thread), so shutdown is orderly.
+/// SIGTERM and SIGINT arrive here (they are blocked in every thread), so shutdown is orderly;
+/// so does SIGUSR1, the request for a snapshot.
 struct SignalWatcher {
     fd: SignalFd,
     exit: Arc<ExitEvent>,
+    pause: Option<Arc<Pause>>,
 }
 
 impl MutEventSubscriber for SignalWatcher {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        if let Ok(Some(info)) = self.fd.read_signal() {
-            tracing::info!("signal {}: shutting down", info.ssi_signo);
-            self.exit.request(ExitReason::Signal);
+        let Ok(Some(info)) = self.fd.read_signal() else { return };
+        if info.ssi_signo == libc::SIGUSR1 as u32 {
+            match &self.pause {
+                Some(pause) => {
+                    tracing::info!("SIGUSR1: pausing the VM for a snapshot");
+                    // The pause first: a vCPU that wakes for the exit must park, not return.
+                    pause.request();
+                    self.exit.request(ExitReason::Snapshot);
+                }
+                None => tracing::warn!("SIGUSR1 ignored: no snapshot file is configured (snapshot_to)"),
+            }
+            return;
         }
+        tracing::info!("signal {}: shutting down", info.ssi_signo);
+        self.exit.request(ExitReason::Signal);
     }
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new_raw(self.fd.as_raw_fd(), EventSet::IN)) {
@@ -53,6 +80,7 @@ pub fn take_signals() -> Result<SignalFd, BuildError> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
+    set.add(Signal::SIGUSR1);
     set.thread_block().map_err(|e| BuildError::EventLoop(format!("blocking signals: {e}")))?;
     // SAFETY: setting SIGPIPE's disposition to SIG_IGN installs no handler code.
     unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn) }
@@ -73,7 +101,10 @@ impl Vmm {
     ) -> Result<ExitReason, BuildError> {
         let exit = self.exit.clone();
         self.events.add_subscriber(Arc::new(Mutex::new(ExitWatcher(exit.clone()))));
-        self.events.add_subscriber(Arc::new(Mutex::new(SignalWatcher { fd: signals, exit: exit.clone() })));
+        let pause = self.snapshot_to.is_some().then(|| self.pause.clone());
+        self.events.add_subscriber(Arc::new(Mutex::new(SignalWatcher { fd: signals, exit: exit.clone(), pause })));
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+            .map_err(|e| BuildError::EventLoop(format!("installing the vCPU kick handler: {e}")))?;
 
         let mut threads = Vec::new();
         for mut vcpu in std::mem::take(&mut self.vcpus) {
@@ -96,8 +127,35 @@ impl Vmm {
                 exit.request(ExitReason::VcpuError);
             }
         }
+        let reason = exit.reason().unwrap_or(ExitReason::VcpuError);
+        if reason == ExitReason::Snapshot {
+            self.snapshot(&threads)?;
+        }
         // vCPU threads are not joined: they may sit in KVM_RUN, and the process ends next.
         drop(threads);
-        Ok(exit.reason().unwrap_or(ExitReason::VcpuError))
+        Ok(reason)
+    }
+
+    /// Stop the vCPUs, save the VM into the configured file, and leave it stopped.
+    fn snapshot(&self, threads: &[JoinHandle<()>]) -> Result<(), SnapshotError> {
+        use vmm_sys_util::signal::Killable;
+        let Some((file, path)) = &self.snapshot_to else {
+            return Err(SnapshotError::Unsupported("no snapshot file is configured".into()));
+        };
+        let started = std::time::Instant::now();
+        let kick = || {
+            for t in threads {
+                let _ = t.kill(kick_signal());
+            }
+        };
+        let vcpus = self.pause.collect(threads.len(), kick, PAUSE_TIMEOUT).map_err(SnapshotError::Unsupported)?;
+        let vm = crate::snapshot::vm::save(&self.vm)?;
+        let serial = self.serial.lock().unwrap().state();
+        let identity =
+            self.identity.clone().ok_or_else(|| SnapshotError::Unsupported("the VM has no identity".into()))?;
+        let paused_ms = started.elapsed().as_millis();
+        crate::snapshot::file::write(file, path, &VmSnapshot { identity, vcpus, vm, serial }, &self.mem)?;
+        tracing::info!(paused_ms, total_ms = started.elapsed().as_millis(), "snapshot written to {}", path.display());
+        Ok(())
     }
 }

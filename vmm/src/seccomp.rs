@@ -70,15 +70,63 @@ fn arg_eq(index: u8, value: u64) -> Result<SeccompRule, SeccompError> {
     SeccompRule::new(vec![cond]).map_err(|e| SeccompError(e.to_string()))
 }
 
-/// The vCPU threads' filter.
-pub fn vcpu_filter() -> Result<BpfProgram, SeccompError> {
-    let mut allow = COMMON.to_vec();
-    allow.extend_from_slice(SOCKETS);
-    build(&allow, vec![(libc::SYS_ioctl, vec![arg_eq(1, KVM_RUN)?])])
+/// _IOR/_IOWR(KVMIO, nr, size): the KVM state getters a snapshot calls.
+const fn kvm_ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+const fn kvm_iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
 }
 
-/// The event loop's filter.
-pub fn main_filter() -> Result<BpfProgram, SeccompError> {
+/// What a vCPU thread reads of itself for a snapshot (snapshot::cpu::save).
+fn vcpu_getters() -> Vec<u64> {
+    use kvm_bindings::*;
+    use std::mem::size_of;
+    vec![
+        kvm_ior(0x98, size_of::<kvm_mp_state>()),
+        kvm_ior(0x81, size_of::<kvm_regs>()),
+        kvm_ior(0x83, size_of::<kvm_sregs>()),
+        kvm_ior(0xa4, size_of::<kvm_xsave>()),
+        kvm_ior(0xa6, size_of::<kvm_xcrs>()),
+        kvm_ior(0xa1, size_of::<kvm_debugregs>()),
+        kvm_ior(0x8e, size_of::<kvm_lapic_state>()),
+        kvm_iowr(0x88, size_of::<kvm_msrs>()),
+        kvm_ior(0x9f, size_of::<kvm_vcpu_events>()),
+        // KVM_GET_TSC_KHZ = _IO(KVMIO, 0xa3).
+        (0xae << 8) | 0xa3,
+    ]
+}
+
+/// What the event loop reads of the VM for a snapshot (snapshot::vm::save).
+fn vm_getters() -> Vec<u64> {
+    use kvm_bindings::*;
+    use std::mem::size_of;
+    vec![
+        kvm_iowr(0x62, size_of::<kvm_irqchip>()),
+        kvm_ior(0x9f, size_of::<kvm_pit_state2>()),
+        kvm_ior(0x7c, size_of::<kvm_clock_data>()),
+    ]
+}
+
+fn ioctls(cmds: impl IntoIterator<Item = u64>) -> Result<Vec<SeccompRule>, SeccompError> {
+    cmds.into_iter().map(|c| arg_eq(1, c)).collect()
+}
+
+/// The vCPU threads' filter. With `snapshots` (a VM that may be saved) it also allows the
+/// vCPU state getters; other VMs never need them.
+pub fn vcpu_filter(snapshots: bool) -> Result<BpfProgram, SeccompError> {
+    let mut allow = COMMON.to_vec();
+    allow.extend_from_slice(SOCKETS);
+    let mut cmds = vec![KVM_RUN];
+    if snapshots {
+        cmds.extend(vcpu_getters());
+    }
+    build(&allow, vec![(libc::SYS_ioctl, ioctls(cmds)?)])
+}
+
+/// The event loop's filter. With `snapshots` it also allows what saving the VM takes: kicking
+/// the vCPU threads (tgkill), the VM getters, and writing the snapshot file opened at start.
+pub fn main_filter(snapshots: bool) -> Result<BpfProgram, SeccompError> {
     let mut allow = COMMON.to_vec();
     allow.extend_from_slice(SOCKETS);
     allow.extend_from_slice(&[
@@ -91,13 +139,18 @@ pub fn main_filter() -> Result<BpfProgram, SeccompError> {
         libc::SYS_unlink,
         libc::SYS_unlinkat,
     ]);
+    // set_nonblocking on accepted and connected sockets.
+    let mut cmds = vec![FIONBIO];
+    if snapshots {
+        allow.extend_from_slice(&[libc::SYS_tgkill, libc::SYS_pwrite64, libc::SYS_ftruncate, libc::SYS_fdatasync]);
+        cmds.extend(vm_getters());
+    }
     build(
         &allow,
         vec![
             // Only unix stream sockets, for guest-initiated vsock connections.
             (libc::SYS_socket, vec![arg_eq(0, libc::AF_UNIX as u64)?]),
-            // set_nonblocking on accepted and connected sockets.
-            (libc::SYS_ioctl, vec![arg_eq(1, FIONBIO)?]),
+            (libc::SYS_ioctl, ioctls(cmds)?),
         ],
     )
 }
@@ -150,7 +203,9 @@ pub fn install_sigsys_handler() -> Result<(), SeccompError> {
 mod tests {
     #[test]
     fn filters_compile() {
-        super::vcpu_filter().unwrap();
-        super::main_filter().unwrap();
+        for snapshots in [false, true] {
+            super::vcpu_filter(snapshots).unwrap();
+            super::main_filter(snapshots).unwrap();
+        }
     }
 }

@@ -1,13 +1,16 @@
 //! One thread per vCPU: KVM_RUN, dispatch the exit to the port-I/O or MMIO bus, repeat. A vCPU
 //! stops the VM by reporting an [`ExitReason`] on the shared exit event.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::Bus;
+use crate::snapshot::cpu::{self, VcpuState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -18,6 +21,8 @@ pub enum ExitReason {
     VcpuError = 2,
     /// SIGTERM or SIGINT: orderly shutdown.
     Signal = 3,
+    /// SIGUSR1 with a snapshot file configured: the vCPUs park, the VM is saved, and it ends.
+    Snapshot = 4,
 }
 
 /// The first reason to stop wins; the event wakes the main loop.
@@ -45,8 +50,85 @@ impl ExitEvent {
             1 => Some(ExitReason::Reset),
             2 => Some(ExitReason::VcpuError),
             3 => Some(ExitReason::Signal),
+            4 => Some(ExitReason::Snapshot),
             _ => None,
         }
+    }
+}
+
+/// Stops the vCPUs for a snapshot. The event loop asks ([`Pause::request`]) and kicks every
+/// vCPU out of KVM_RUN until all have parked; only then does each save its own state, so no
+/// vCPU still running can change another's (an IPI into a local APIC already read).
+pub struct Pause {
+    inner: Mutex<PauseInner>,
+    cond: Condvar,
+    /// What the save reads, found before the seccomp filters go on (they allow only the
+    /// vCPU getters, not /dev/kvm's).
+    msrs: Vec<u32>,
+    xsave_size: usize,
+}
+
+#[derive(Default)]
+struct PauseInner {
+    requested: bool,
+    parked: usize,
+    saving: bool,
+    saved: BTreeMap<u8, Result<VcpuState, String>>,
+}
+
+impl Pause {
+    pub fn new(msrs: Vec<u32>, xsave_size: usize) -> Self {
+        Pause { inner: Mutex::default(), cond: Condvar::new(), msrs, xsave_size }
+    }
+
+    pub fn request(&self) {
+        self.inner.lock().unwrap().requested = true;
+    }
+
+    fn requested(&self) -> bool {
+        self.inner.lock().unwrap().requested
+    }
+
+    /// On a vCPU thread: park, save this vCPU's state when told to, then return (the VM ends
+    /// after a snapshot).
+    fn park_and_save(&self, index: u8, fd: &VcpuFd) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.parked += 1;
+        self.cond.notify_all();
+        while !inner.saving {
+            inner = self.cond.wait(inner).unwrap();
+        }
+        drop(inner);
+        let state = cpu::save(fd, &self.msrs, self.xsave_size).map_err(|e| e.to_string());
+        self.inner.lock().unwrap().saved.insert(index, state);
+        self.cond.notify_all();
+    }
+
+    /// On the event loop: wait until `count` vCPUs have parked, calling `kick` (which knocks
+    /// them out of KVM_RUN) every millisecond meanwhile, since a kick that lands just before a
+    /// vCPU enters KVM_RUN again is lost. Then have them save, and return their states.
+    pub fn collect(&self, count: usize, kick: impl Fn(), within: Duration) -> Result<Vec<VcpuState>, String> {
+        let deadline = Instant::now() + within;
+        let mut inner = self.inner.lock().unwrap();
+        while inner.parked < count {
+            if Instant::now() >= deadline {
+                return Err(format!("{} of {count} vCPUs stopped within {within:?}", inner.parked));
+            }
+            drop(inner);
+            kick();
+            inner = self.inner.lock().unwrap();
+            inner = self.cond.wait_timeout(inner, Duration::from_millis(1)).unwrap().0;
+        }
+        inner.saving = true;
+        self.cond.notify_all();
+        while inner.saved.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("{} of {count} vCPUs saved their state within {within:?}", inner.saved.len()));
+            }
+            inner = self.cond.wait_timeout(inner, left).unwrap().0;
+        }
+        std::mem::take(&mut inner.saved).into_iter().map(|(i, r)| r.map_err(|e| format!("vcpu{i}: {e}"))).collect()
     }
 }
 
@@ -60,6 +142,7 @@ pub struct Vcpu {
     pub on_start: Option<Box<dyn FnOnce() + Send>>,
     /// Called right before the first KVM_RUN of vCPU 0 (benchmarks read this moment).
     pub first_run_marker: bool,
+    pub pause: Arc<Pause>,
 }
 
 impl Vcpu {
@@ -123,6 +206,11 @@ impl Vcpu {
                     return;
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // A pause comes before the exit that wakes the event loop for it.
+                    if self.pause.requested() {
+                        self.pause.park_and_save(self.index, &self.fd);
+                        return;
+                    }
                     if self.exit.reason().is_some() {
                         return;
                     }

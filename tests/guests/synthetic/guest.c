@@ -399,6 +399,25 @@ static void report_interrupts(void) {
     }
 }
 
+/* hull.ticks=1: the local APIC timer, periodic, counts ticks; every fifth the guest prints
+ * "tick N", for ever. A snapshot test stops it and restores a copy, which must go on counting
+ * from the saved N (memory, registers, IDT and the timer's LAPIC state all came back) without
+ * booting again (no second hello). */
+#define TIMER_VECTOR 0x40
+static volatile uint64_t ticks;
+__attribute__((interrupt)) static void timer_isr(struct iframe *f) { (void)f; ticks++; wr32(LAPIC + 0xb0, 0); }
+static void tick_forever(void) {
+    set_gate(TIMER_VECTOR, timer_isr);
+    wr32(LAPIC + 0x3e0, 0x3);                     /* divide by 16 */
+    wr32(LAPIC + 0x320, TIMER_VECTOR | (1 << 17)); /* periodic */
+    wr32(LAPIC + 0x380, 6250000);                 /* 100 ms at KVM's 1 GHz APIC clock */
+    uint64_t shown = 0;
+    for (;;) {
+        __asm__ volatile("sti; hlt; cli");
+        if (ticks / 5 != shown) { shown = ticks / 5; say("tick ", shown, ""); }
+    }
+}
+
 /* The boot page tables map only the first GiB; map the fourth (the MMIO hole: virtio-mmio,
  * IO-APIC, local APIC) with uncached 2 MiB pages. */
 static uint64_t mmio_pd[512] __attribute__((aligned(4096)));
@@ -430,6 +449,7 @@ void guest_main(const uint8_t *zero_page) {
     }
     report_interrupts();
     puts_serial("hull-synthetic: all steps done\n");
+    if (opt("hull.ticks", &v) && v) tick_forever();
     if (opt("hull.idle", &v) && v) {
         puts_serial("hull-synthetic: idling\n");
         for (;;) __asm__ volatile("cli; hlt");

@@ -8,6 +8,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::snapshot::SerialState;
 
 pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
@@ -29,6 +30,17 @@ pub struct SerialDevice<W: Write + Send> {
 impl<W: Write + Send> SerialDevice<W> {
     pub fn new(irq: EventFd, out: W) -> Self {
         SerialDevice { serial: Serial::new(IrqTrigger(irq), out) }
+    }
+
+    /// The port as a snapshot saved it, writing to a new `out`.
+    pub fn from_state(state: &SerialState, irq: EventFd, out: W) -> Result<Self, String> {
+        Serial::from_state(&state.into(), IrqTrigger(irq), NoEvents, out)
+            .map(|serial| SerialDevice { serial })
+            .map_err(|e| format!("serial state: {e:?}"))
+    }
+
+    pub fn state(&self) -> SerialState {
+        self.serial.state().into()
     }
 }
 

@@ -45,8 +45,8 @@ pub fn free_pages(segments: &[Segment]) -> Vec<(GuestAddress, u64)> {
         .collect()
 }
 
-/// Drop the pages of `len` bytes at `addr` from guest memory: they read as zeros afterwards and
-/// no longer take host memory. The range must lie in one region (a report segment does: the
+/// Drop the pages of `len` bytes at `addr` from guest memory: they no longer take host memory
+/// (and read as zeros afterwards, or as the snapshot's pages in a restored VM). The range must lie in one region (a report segment does: the
 /// regions are not adjacent).
 pub fn discard(mem: &GuestMemoryMmap, addr: GuestAddress, len: u64) -> std::io::Result<()> {
     let len_usize = usize::try_from(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
@@ -60,7 +60,19 @@ pub fn discard(mem: &GuestMemoryMmap, addr: GuestAddress, len: u64) -> std::io::
     // valid and reads zeros. Nothing in this process holds Rust references into guest memory
     // (it is only accessed through volatile copies), so no reference sees its bytes change.
     let rc = unsafe { libc::madvise(guard.as_ptr().cast(), len_usize, libc::MADV_REMOVE) };
-    if rc != 0 {
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EACCES) {
+        return Err(err);
+    }
+    // A VM restored from a snapshot maps its memory MAP_PRIVATE from the file, and MADV_REMOVE
+    // refuses private mappings. There MADV_DONTNEED drops the VM's own copies, and the range
+    // reads the snapshot's pages again, shared with every VM restored from it: what a free
+    // page holds does not matter to the guest.
+    // SAFETY: as above; the same range.
+    if unsafe { libc::madvise(guard.as_ptr().cast(), len_usize, libc::MADV_DONTNEED) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
