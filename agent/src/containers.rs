@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -78,6 +79,12 @@ struct Proc {
     terminal: Option<OwnedFd>,
 }
 
+/// Whether `process` asks for a terminal, and of which size (columns, rows) if it says.
+fn terminal_of(process: &Process) -> Option<Option<(u16, u16)>> {
+    let clamp = |v: u64| u16::try_from(v).unwrap_or(u16::MAX);
+    process.terminal().unwrap_or(false).then(|| process.console_size().map(|b| (clamp(b.width()), clamp(b.height()))))
+}
+
 /// A new process's host-facing stdio.
 struct Stdio3 {
     streams: HashMap<StreamKind, OwnedFd>,
@@ -132,7 +139,7 @@ impl Registry {
         fs::create_dir_all(&bundle)?;
         let result = (|| {
             fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
-            let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+            let terminal = spec.process().as_ref().and_then(terminal_of);
             let stdio =
                 self.run_helper(&[create_helper::INIT, id, path_str(&bundle)?, STATE_ROOT], &bundle, terminal)?;
             let pid = load(id)?.pid().ok_or_else(|| anyhow!("created container has no pid"))?.as_raw();
@@ -161,7 +168,7 @@ impl Registry {
         let result = (|| {
             let process_file = dir.join("process.json");
             fs::write(&process_file, serde_json::to_vec(&process)?)?;
-            let terminal = process.terminal().unwrap_or(false);
+            let terminal = terminal_of(&process);
             let stdio =
                 self.run_helper(&[create_helper::EXEC, id, path_str(&process_file)?, STATE_ROOT], &dir, terminal)?;
             let pid: i32 = fs::read_to_string(dir.join(create_helper::PID_FILE))?.trim().parse()?;
@@ -171,10 +178,10 @@ impl Registry {
         result
     }
 
-    /// Run the create helper with fresh stdio pipes, or a terminal; returns the host-facing
-    /// ends.
-    fn run_helper(&self, args: &[&str], work_dir: &Path, terminal: bool) -> Result<Stdio3> {
-        let console = terminal.then(ConsoleSocket::bind).transpose()?;
+    /// Run the create helper with fresh stdio pipes, or a terminal (of the size given, if
+    /// any); returns the host-facing ends.
+    fn run_helper(&self, args: &[&str], work_dir: &Path, terminal: Option<Option<(u16, u16)>>) -> Result<Stdio3> {
+        let console = terminal.map(|_| ConsoleSocket::bind()).transpose()?;
         let (stdin_r, stdin_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (stdout_r, stdout_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (stderr_r, stderr_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
@@ -208,7 +215,19 @@ impl Registry {
         }
         let helper = self.reaper.spawn(&mut cmd).context("spawning the create helper")?;
         drop((stdin_r, stdout_w, stderr_w));
-        let status = self.reaper.wait(helper);
+        // The terminal is taken while the helper runs, so that its size is set before the
+        // process gets far (ConsoleSocket::receive).
+        let helper_done = AtomicBool::new(false);
+        let (status, master) = std::thread::scope(|s| {
+            let receiver = console.as_ref().map(|c| {
+                let done = &helper_done;
+                let size = terminal.flatten();
+                s.spawn(move || c.receive(done, size))
+            });
+            let status = self.reaper.wait(helper);
+            helper_done.store(true, Ordering::Release);
+            (status, receiver.map(|r| r.join().unwrap_or_else(|_| Err(anyhow!("the terminal receiver panicked")))))
+        });
         if status != 0 {
             let reason = fs::read_to_string(&error_file).unwrap_or_default();
             let reason = reason.trim();
@@ -221,7 +240,7 @@ impl Registry {
                 }
             );
         }
-        let Some(console) = console else {
+        let Some(master) = master else {
             let streams = HashMap::from([
                 (StreamKind::Stdin, stdin_w),
                 (StreamKind::Stdout, stdout_r),
@@ -230,7 +249,7 @@ impl Registry {
             return Ok(Stdio3 { streams, terminal: None });
         };
         // A terminal merges stdout and stderr; the host's stderr stream reads as empty.
-        let master = console.receive()?;
+        let master = master?;
         drop((stdin_w, stdout_r));
         let streams = HashMap::from([
             (StreamKind::Stdin, master.try_clone()?),

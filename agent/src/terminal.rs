@@ -6,9 +6,9 @@ use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 /// Short paths: a unix socket path must fit in 108 bytes, and ids may be 128 long each.
@@ -34,11 +34,28 @@ impl ConsoleSocket {
         &self.path
     }
 
-    /// The master libcontainer sent. Call after the create helper finished: the message is
-    /// queued on the socket by then, so waiting would only mean it never came.
-    pub fn receive(&self) -> Result<OwnedFd> {
+    /// The master libcontainer sends, taken as soon as it comes, while the create helper runs
+    /// (`helper_done` turns true once it has exited: whatever it sent is queued by then, so
+    /// nothing more can come). With `size` (the process's `consoleSize`, as (columns, rows))
+    /// the terminal gets it at once: an exec'd process starts right after its terminal is
+    /// sent, and a size set after the helper exits can come after the process read its
+    /// terminal's (0x0) size. runc sets it before the process starts; libcontainer 0.7 does
+    /// not set it at all.
+    pub fn receive(&self, helper_done: &AtomicBool, size: Option<(u16, u16)>) -> Result<OwnedFd> {
+        use std::os::fd::AsFd;
         self.listener.set_nonblocking(true)?;
-        let (conn, _) = self.listener.accept().map_err(|e| anyhow!("the container's terminal never arrived: {e}"))?;
+        let conn = loop {
+            // Read before trying: a false seen here means the try below still sees all it sent.
+            let done = helper_done.load(Ordering::Acquire);
+            match self.listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !done => {
+                    let mut fds = [nix::poll::PollFd::new(self.listener.as_fd(), nix::poll::PollFlags::POLLIN)];
+                    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20u16));
+                }
+                Err(e) => bail!("the container's terminal never arrived: {e}"),
+            }
+        };
         conn.set_nonblocking(false)?;
         let mut name = [0u8; 64];
         let mut iov = [IoSliceMut::new(&mut name)];
@@ -54,7 +71,11 @@ impl ConsoleSocket {
         if received.len() != 1 {
             bail!("expected one terminal fd on the console socket, got {}", received.len());
         }
-        Ok(received.remove(0))
+        let master = received.remove(0);
+        if let Some((width, height)) = size.filter(|(w, h)| *w > 0 && *h > 0) {
+            resize(&master, width, height)?;
+        }
+        Ok(master)
     }
 }
 

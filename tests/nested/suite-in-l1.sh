@@ -23,6 +23,9 @@ deadline=${HULL_L1_FILE_DEADLINE:-900}
 # KVM here runs under TCG: 20 guests booting at once (cli's parallel test) took past the
 # runtime's 90 s to an answering agent in 2 of 2 runs, with empty consoles (slow, not stuck).
 export HULL_BOOT_TIMEOUT=${HULL_BOOT_TIMEOUT:-300}
+# The same test's creates, answered by those guests, took past the agent call timeout (60 s)
+# with the host suite running beside L1 (make test).
+export HULL_CALL_TIMEOUT=${HULL_CALL_TIMEOUT:-300}
 
 backend=$(target/release/hull features | sed -n 's/.*"io.github.hull.hypervisor": "\(.*\)".*/\1/p')
 if [ "$backend" != "hull-vmm (kvm)" ]; then

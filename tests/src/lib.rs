@@ -349,6 +349,17 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// A container shell command printing its terminal's size once it has one (up to 5 s), then
+/// exiting with `code`. For execs whose client sends the size only as a resize after the
+/// process started (podman 4.3's conmon, ctr 1.6: no `consoleSize`, with runc just the same):
+/// the process may look before it arrives, and the size that matters is the one that comes.
+pub fn tty_size_once_set(code: i32) -> String {
+    format!(
+        "sh -c 'tty; i=0; while [ $i -lt 50 ]; do s=$(stty size 2>/dev/null); \
+         case \"$s\" in \"\"|\"0 0\") i=$((i+1)); sleep 0.1;; *) break;; esac; done; echo \"$s\"; exit {code}'"
+    )
+}
+
 /// Run a shell `command` on a pty of the given size (`script`), as from a user's terminal.
 pub fn in_a_terminal(cols: u16, rows: u16, command: &str) -> Output {
     Command::new("script")

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use hull_tests::containerd::{Containerd, RUNTIME};
-use hull_tests::{in_a_terminal, text};
+use hull_tests::{in_a_terminal, text, tty_size_once_set};
 
 const IMAGE: &str = "docker.io/hull/busybox:e2e";
 
@@ -243,7 +243,8 @@ fn ctr_run_and_exec_with_a_tty_mirror_the_window_size() {
 
     c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, "tt2", "sleep", "600"]);
     wait_for_status(&c, "tt2", "RUNNING");
-    let out = in_a_terminal(55, 11, &format!("{ctr} task exec -t --exec-id e1 tt2 sh -c 'tty; stty size; exit 2'"));
+    // ctr resizes only after the exec started: the size comes as a resize (tty_size_once_set).
+    let out = in_a_terminal(55, 11, &format!("{ctr} task exec -t --exec-id e1 tt2 {}", tty_size_once_set(2)));
     let shown = text(&out.stdout);
     assert!(shown.contains("/dev/pts/") && shown.contains("11 55"), "exec -t: {shown:?}");
     assert_eq!(out.status.code(), Some(2));

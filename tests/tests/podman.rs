@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use hull_tests::{hull_bin, in_a_terminal, text, Env};
+use hull_tests::{hull_bin, in_a_terminal, text, tty_size_once_set, Env};
 
 const IMAGE: &str = "localhost/hull-e2e-busybox";
 
@@ -128,7 +128,8 @@ fn podman_run_and_exec_with_a_terminal() {
     // Twenty in a row, the first right after `run -d`: conmon reads the terminal from its
     // console socket as soon as `hull exec -d` has exited, so hull must have sent it by then.
     for round in 0..20 {
-        let out = in_a_terminal(66, 17, &format!("{podman} exec -t hull-e2e-tty sh -c 'tty; stty size; exit 5'"));
+        // conmon sizes the terminal after the exec started: it comes as a resize.
+        let out = in_a_terminal(66, 17, &format!("{podman} exec -t hull-e2e-tty {}", tty_size_once_set(5)));
         let shown = text(&out.stdout);
         assert!(
             shown.contains("/dev/pts/") && shown.contains("17 66"),

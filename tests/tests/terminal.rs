@@ -75,3 +75,39 @@ fn run_and_exec_use_the_callers_terminal() {
     assert!(env.hull_out(&["delete", "--force", "bg"]).status.success());
     env.assert_clean();
 }
+
+#[test]
+fn exec_gives_the_terminal_the_process_console_size_before_it_runs() {
+    let env = Env::new("tty-size");
+    let b = env.bundle("b", &["sleep", "300"]);
+    assert!(env.hull_detached(&["run", "-d", "--bundle", b.path(), "bg"]).status.success());
+    // Nobody resizes this terminal: only consoleSize can give it a size, and the process reads
+    // it at once.
+    let process = serde_json::json!({
+        "terminal": true,
+        "consoleSize": { "height": 13, "width": 44 },
+        "cwd": "/",
+        "args": ["sh", "-c", "stty size; exit 7"],
+        "env": ["PATH=/usr/bin:/bin"],
+        "user": { "uid": 0, "gid": 0 },
+    });
+    let file = env.dir.join("process.json");
+    std::fs::write(&file, process.to_string()).unwrap();
+    let console = ConsoleSocket::listen(&env.dir.join("console.sock"));
+    let out = env.hull_detached(&[
+        "exec",
+        "-d",
+        "--tty",
+        "--process",
+        file.to_str().unwrap(),
+        "--console-socket",
+        console.path.to_str().unwrap(),
+        "bg",
+    ]);
+    assert!(out.status.success(), "exec: {}", text(&out.stderr));
+    let mut term = console.master();
+    let shown = term.read_until("\n");
+    assert!(shown.contains("13 44"), "the process saw {shown:?}");
+    assert!(env.hull_out(&["delete", "--force", "bg"]).status.success());
+    env.assert_clean();
+}

@@ -40,9 +40,19 @@ pub fn run(cli: &Cli, args: &ExecArgs) -> Result<i32> {
     // The host ends first, a terminal's master sent to --console-socket among them: runc sends
     // it before `exec -d` returns, and conmon reads its console socket once the runtime's exec
     // has exited; sent later, conmon sees no terminal and fails the exec.
-    let started = terminal::endpoints(terminal, &console).map_err(anyhow::Error::from).and_then(|ends| {
+    let started = terminal::endpoints(terminal, &console).map_err(anyhow::Error::from).and_then(|(ends, tty)| {
+        let mut process = process;
+        // A terminal whose size is known now (our own) gives it to the process as its
+        // consoleSize, which the guest sets before the process gets far, as runc does: a
+        // resize sent after the start can come after the process read its size. A pty sent to
+        // a console socket has none yet: conmon sizes it later, and that arrives as a resize.
+        if process.get("consoleSize").is_none() {
+            if let Some((width, height)) = tty.as_ref().and_then(Tty::size) {
+                process["consoleSize"] = json!({ "height": height, "width": width });
+            }
+        }
         request(&socket, &ControlRequest::Exec { exec_id: exec_id.clone(), process }, Duration::from_secs(90))?;
-        Ok(ends)
+        Ok((ends, tty))
     });
     if let Some(fd) = args.ready_fd {
         let mut ready = crate::detach::take_ready_fd(fd);
