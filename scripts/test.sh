@@ -34,8 +34,9 @@ run_host() {  # name, then cargo test arguments
 # The nested rig, in the background: L1 runs a frozen copy of what is built here (so the
 # host may rebuild meanwhile), its output goes to a file, and l1_collect adds its lines to
 # the table.
-l1_pid=
+l1_pid= l1_started=
 l1_start() {
+  l1_started=$(date +%s)
   if ! tests/nested/freeze.sh "$logs/l1-frozen" > "$logs/l1.out" 2>&1; then
     echo 125 > "$logs/l1.rc"
     return
@@ -77,7 +78,11 @@ if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -e /dev/kvm ]; then
   run_host "host hull-vmm all" --workspace
   HULL_BACKEND=qemu run_host "host qemu-kvm foundation" -p hull-tests --test foundation
 else
-  echo "test: no hardware KVM here (vmx/svm): the suite runs on QEMU/TCG here ($part != nested) and on hull-vmm in the nested rig's L1 ($part != host)"
+  case $part in
+    all) echo "test: no hardware KVM here (vmx/svm): the whole suite on QEMU/TCG here and, side by side, on hull-vmm in the nested rig's L1" ;;
+    host) echo "test: no hardware KVM here (vmx/svm): the whole suite on QEMU/TCG here (only: the nested rig does NOT run)" ;;
+    nested) echo "test: no hardware KVM here (vmx/svm): the whole suite on hull-vmm in the nested rig's L1 (only: the host suite does NOT run)" ;;
+  esac
   [ "$part" = host ] || l1_start
   if [ "$part" != nested ]; then
     run_host "host qemu-tcg all" --workspace
@@ -85,7 +90,7 @@ else
     summary+=("suite: host qemu-tcg all: NOT RUN (scripts/test.sh nested runs only L1)")
   fi
   if [ "$part" != host ]; then
-    [ -z "$l1_pid" ] || echo "test: waiting for L1 (since $(stat -c %y "$logs/l1.out" | cut -d. -f1))"
+    [ -z "$l1_pid" ] || echo "test: waiting for L1 (started $(( $(date +%s) - l1_started ))s ago)"
     l1_collect
   else
     summary+=("suite: L1 hull-vmm e2e: NOT RUN (scripts/test.sh host runs only the host part; make test runs both)")

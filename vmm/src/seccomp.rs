@@ -142,7 +142,14 @@ pub fn main_filter(snapshots: bool) -> Result<BpfProgram, SeccompError> {
     // set_nonblocking on accepted and connected sockets.
     let mut cmds = vec![FIONBIO];
     if snapshots {
-        allow.extend_from_slice(&[libc::SYS_tgkill, libc::SYS_pwrite64, libc::SYS_ftruncate, libc::SYS_fdatasync]);
+        allow.extend_from_slice(&[
+            libc::SYS_tgkill,
+            libc::SYS_pwrite64,
+            libc::SYS_ftruncate,
+            libc::SYS_fdatasync,
+            // SEEK_DATA/SEEK_HOLE over guest memory's file.
+            libc::SYS_lseek,
+        ]);
         cmds.extend(vm_getters());
     }
     build(

@@ -95,6 +95,10 @@ pub fn write(file: &File, path: &Path, snapshot: &VmSnapshot, mem: &GuestMemoryM
         let len = region.len();
         let mut off = 0u64;
         while off < len {
+            // Holes of the memory file (never touched, or handed back) are skipped unread:
+            // reading them would allocate them.
+            let Some((data, data_end)) = data_range(region, off, len) else { break };
+            off = data;
             // Skip all-zero pages, then take the non-zero ones that follow, up to MAX_RUN.
             let page = &mut buf[..PAGE as usize];
             mem.read_slice(page, GuestAddress(start.0 + off))
@@ -104,7 +108,7 @@ pub fn write(file: &File, path: &Path, snapshot: &VmSnapshot, mem: &GuestMemoryM
                 continue;
             }
             let mut run = PAGE;
-            while run < MAX_RUN && off + run < len {
+            while run < MAX_RUN && off + run < data_end {
                 let next = &mut buf[run as usize..(run + PAGE) as usize];
                 mem.read_slice(next, GuestAddress(start.0 + off + run))
                     .map_err(|e| SnapshotError::Invalid(format!("reading guest memory: {e}")))?;
@@ -139,6 +143,27 @@ pub fn write(file: &File, path: &Path, snapshot: &VmSnapshot, mem: &GuestMemoryM
     file.write_all_at(&header, 0).map_err(io(path))?;
     file.sync_data().map_err(io(path))?;
     Ok(())
+}
+
+/// The first range of `region` at or after `off` (and before `len`) that its memory file
+/// holds data for, page-aligned, as offsets into the region; None when only holes are left.
+/// Memory without a file, or a file that cannot say, is all data.
+fn data_range(region: &vm_memory::GuestRegionMmap, off: u64, len: u64) -> Option<(u64, u64)> {
+    use nix::unistd::{lseek, Whence};
+    let Some(fo) = region.file_offset() else { return Some((off, len)) };
+    let base = fo.start();
+    let at = |whence, from: u64| lseek(fo.file(), (base + from) as i64, whence).map(|p| p as u64);
+    let data = match at(Whence::SeekData, off) {
+        Ok(p) => p.saturating_sub(base) / PAGE * PAGE,
+        // ENXIO: no data after `off` in the whole file.
+        Err(nix::errno::Errno::ENXIO) => return None,
+        Err(_) => return Some((off, len)),
+    };
+    if data >= len {
+        return None;
+    }
+    let end = at(Whence::SeekHole, data).map_or(len, |p| p.saturating_sub(base).next_multiple_of(PAGE)).min(len);
+    Some((data, end))
 }
 
 /// Open and check `path`: header, sizes, the state's checksum, and that the memory runs lie
