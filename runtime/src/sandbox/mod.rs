@@ -42,8 +42,41 @@ fn boot_timeout() -> Duration {
         .unwrap_or(BOOT_TIMEOUT)
 }
 
+/// The guest kernel's command line. `HULL_KERNEL_APPEND` adds to it (a debugging aid, e.g.
+/// `loglevel=7 printk.time=1` to see where a boot spends its time); it comes from the host's
+/// user, never from a bundle or the guest.
+const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t nomodule no_timer_check";
+/// x86's kernel command line limit (COMMAND_LINE_SIZE), with its NUL.
+const KERNEL_CMDLINE_MAX: usize = 2047;
+
+fn kernel_cmdline() -> Result<String> {
+    kernel_cmdline_with(&std::env::var("HULL_KERNEL_APPEND").unwrap_or_default())
+}
+
+fn kernel_cmdline_with(extra: &str) -> Result<String> {
+    let cmdline = match extra.trim() {
+        "" => KERNEL_CMDLINE.to_string(),
+        extra => format!("{KERNEL_CMDLINE} {extra}"),
+    };
+    if let Some(at) = extra.bytes().position(|b| b.is_ascii_control()) {
+        return Err(SandboxError::KernelAppend(format!(
+            "byte {at} is a control character (0x{:02x})",
+            extra.as_bytes()[at]
+        )));
+    }
+    if cmdline.len() > KERNEL_CMDLINE_MAX {
+        return Err(SandboxError::KernelAppend(format!(
+            "the command line would be {} bytes, more than the kernel's {KERNEL_CMDLINE_MAX}",
+            cmdline.len()
+        )));
+    }
+    Ok(cmdline)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    #[error("HULL_KERNEL_APPEND: {0}")]
+    KernelAppend(String),
     #[error(transparent)]
     Hypervisor(#[from] HypervisorError),
     #[error(transparent)]
@@ -142,6 +175,7 @@ impl Sandbox {
         cgroup: HostCgroup,
     ) -> Result<Booted> {
         let hypervisor = hypervisor::select(config.backend, assets)?;
+        let cmdline = kernel_cmdline()?;
 
         let mut procs = Vec::new();
         // The sandbox's own unprivileged uid, and the directory of sockets its jailed
@@ -185,7 +219,7 @@ impl Sandbox {
         let vm = VmConfig {
             kernel: hypervisor.kernel(assets),
             initramfs: assets.initramfs.clone(),
-            cmdline: "console=ttyS0 quiet panic=-1 reboot=t nomodule no_timer_check".into(),
+            cmdline,
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
             console_log: dir.console_log(),
@@ -319,6 +353,17 @@ fn console_tail(console: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_append_is_added_and_bounded() {
+        assert_eq!(kernel_cmdline_with("").unwrap(), KERNEL_CMDLINE);
+        let line = kernel_cmdline_with(" loglevel=7 ").unwrap();
+        assert!(line.ends_with(" loglevel=7"), "{line}");
+        let err = kernel_cmdline_with("a\tb").unwrap_err().to_string();
+        assert_eq!(err, "HULL_KERNEL_APPEND: byte 1 is a control character (0x09)");
+        let err = kernel_cmdline_with(&"x".repeat(KERNEL_CMDLINE_MAX)).unwrap_err().to_string();
+        assert!(err.starts_with("HULL_KERNEL_APPEND: the command line would be "), "{err}");
+    }
 
     fn exited(name: &'static str, how: &str) -> ProcessError {
         ProcessError::Exited { name, how: how.to_string() }
