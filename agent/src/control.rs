@@ -64,6 +64,7 @@ pub fn serve(registry: Arc<Registry>, events: EventSink) -> Result<()> {
     let listener = Listener::bind(CONTROL_PORT)?;
     // The host waits for this line on the console before it dials (see the runtime's
     // sandbox boot): dialing earlier races the guest's vsock driver.
+    log::boot_step("listening");
     log::info(READY_LINE);
     loop {
         // A failed accept or spawn loses one connection, never the VM.

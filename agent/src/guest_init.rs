@@ -19,6 +19,7 @@ pub fn prepare() -> Result<()> {
         switch_root()?; // does not return on success
     }
     mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    crate::log::boot_step("root switched, /dev mounted");
     mount_fs("proc", "/proc", "proc", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)?;
     mount_fs("sysfs", "/sys", "sysfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)?;
     mount_fs(
@@ -39,6 +40,7 @@ pub fn prepare() -> Result<()> {
     mount_fs("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
     mount_fs(SHARE_TAG, SHARE_DIR, "virtiofs", MsFlags::empty(), None)
         .context("mounting the host share (virtio-fs)")?;
+    crate::log::boot_step("share mounted");
     // Shared, as systemd leaves a host's mounts: a container's binds then start as slaves of
     // their sources (runc's default on such a host), and its `shared`/`slave` options have a
     // peer group to act on.

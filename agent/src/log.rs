@@ -7,3 +7,14 @@ pub fn info(msg: &str) {
 pub fn error(msg: &str) {
     eprintln!("hull-agent: error: {msg}");
 }
+
+/// A boot step, into the kernel's log only (`<6>`: info, below `quiet`'s console level), where
+/// the kernel's own timestamps place it: with `HULL_KERNEL_APPEND=printk.time=1`, `dmesg`
+/// shows how long each step of the agent's start took. Best effort: a log is not worth failing
+/// the boot for.
+pub fn boot_step(step: &str) {
+    use std::io::Write;
+    if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ = kmsg.write_all(format!("<6>hull-agent: {step}\n").as_bytes());
+    }
+}
