@@ -89,6 +89,56 @@ pub fn from_snapshot(file: File, offset: u64, mib: u64) -> Result<GuestMemoryMma
     GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Map(e.to_string()))
 }
 
+/// Copy `len` bytes of `src`, from `src_offset`, into guest memory at `addr` (one region).
+///
+/// Guest RAM is a shared memfd, so the bytes go in through its write path, not the mapping:
+/// the kernel then allocates each page for a write that fills it, neither zeroing it first nor
+/// taking a page fault per page, as reading into the mapping does. That is most of what
+/// loading a kernel and initrd costs (on nested KVM under TCG, more than half a second of
+/// hull-vmm's start). Memory that is not a shared file (a snapshot's private mapping, whose
+/// file must never be written) takes the plain read.
+pub fn fill_from_file(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    src: &File,
+    src_offset: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    use vm_memory::{Bytes, GuestMemory, GuestMemoryRegion};
+    let out_of_range = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{len} bytes at {:#x} are not inside one RAM region", addr.0),
+        )
+    };
+    let region = mem.find_region(addr).ok_or_else(out_of_range)?;
+    let in_region = addr.0 - region.start_addr().0;
+    if in_region.checked_add(len).is_none_or(|end| end > region.len()) {
+        return Err(out_of_range());
+    }
+    let mut input = src.try_clone()?;
+    input.seek(SeekFrom::Start(src_offset))?;
+    let shared = region.flags() & libc::MAP_SHARED != 0;
+    match region.file_offset().filter(|_| shared) {
+        Some(fo) => {
+            let mut input = input.take(len);
+            // A duplicate shares the memfd's file position; nothing else uses it (guest memory
+            // is only reached through the mapping), and this runs before any vCPU exists.
+            let mut out = fo.file().try_clone()?;
+            out.seek(SeekFrom::Start(fo.start() + in_region))?;
+            let copied = std::io::copy(&mut input, &mut out)?;
+            if copied != len {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("{copied} of {len} bytes")));
+            }
+            Ok(())
+        }
+        None => mem
+            .read_exact_volatile_from(addr, &mut input, len as usize)
+            .map_err(|e| std::io::Error::other(e.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +158,55 @@ mod tests {
         let region = m.iter().next().unwrap();
         assert!(region.file_offset().is_some());
         assert!(create(1).is_err());
+    }
+
+    fn temp_file(bytes: &[u8]) -> File {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!("hull-vmm-fill-{}-{}", std::process::id(), bytes.len()));
+        let mut f = File::create(&path).unwrap();
+        f.write_all(bytes).unwrap();
+        let f = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+
+    #[test]
+    fn fill_from_file_puts_the_bytes_where_the_guest_reads_them() {
+        use vm_memory::Bytes;
+        let bytes: Vec<u8> = (0..3 * 4096 + 17).map(|i| (i * 7 + 3) as u8).collect();
+        let src = temp_file(&bytes);
+        let mem = create(16).unwrap();
+        // From an offset in the file, to an address that is not page aligned.
+        fill_from_file(&mem, GuestAddress(0x10_0005), &src, 100, bytes.len() as u64 - 100).unwrap();
+        let mut back = vec![0u8; bytes.len() - 100];
+        mem.read_slice(&mut back, GuestAddress(0x10_0005)).unwrap();
+        assert_eq!(back, &bytes[100..]);
+        // Around it, memory is still zero.
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10_0004)).unwrap(), 0);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10_0005 + back.len() as u64)).unwrap(), 0);
+    }
+
+    #[test]
+    fn fill_from_file_refuses_what_does_not_fit_or_is_not_there() {
+        let src = temp_file(&[1u8; 4096]);
+        let mem = create(16).unwrap();
+        assert!(fill_from_file(&mem, GuestAddress((16 << 20) - 100), &src, 0, 4096).is_err());
+        assert!(fill_from_file(&mem, GuestAddress(16 << 20), &src, 0, 1).is_err());
+        // The file ends before `len` bytes.
+        let err = fill_from_file(&mem, GuestAddress(0), &src, 0, 8192).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+    }
+
+    #[test]
+    fn fill_from_file_never_writes_a_private_mapping_s_file() {
+        use vm_memory::Bytes;
+        let snap = temp_file(&vec![9u8; 16 << 20]);
+        let mem = from_snapshot(snap.try_clone().unwrap(), 0, 16).unwrap();
+        let src = temp_file(&[5u8; 4096]);
+        fill_from_file(&mem, GuestAddress(0x1000), &src, 0, 4096).unwrap();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 5);
+        let mut first = [0u8; 1];
+        std::os::unix::fs::FileExt::read_exact_at(&snap, &mut first, 0x1000).unwrap();
+        assert_eq!(first[0], 9, "the snapshot file was written");
     }
 }
