@@ -15,6 +15,9 @@ pub fn error(msg: &str) {
 pub fn boot_step(step: &str) {
     use std::io::Write;
     if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-        let _ = kmsg.write_all(format!("<6>hull-agent: {step}\n").as_bytes());
+        // The wall clock too (kvm-clock's, the host's), to place the step in the host's logs.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let _ = kmsg
+            .write_all(format!("<6>hull-agent: {step} (at {}.{:06})\n", now.as_secs(), now.subsec_micros()).as_bytes());
     }
 }

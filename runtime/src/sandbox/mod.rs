@@ -253,6 +253,7 @@ impl Sandbox {
         let timeout = boot_timeout();
         let deadline = started + timeout;
         let booted = wait_for_agent_banner(&dir.console_log(), deadline, timeout, &mut procs).and_then(|()| {
+            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "the agent's banner is on the console");
             let died = || procs.iter_mut().find_map(|p| p.check_alive().err()).map(|e| e.to_string());
             Ok(Agent::connect(&vsock_socket, deadline, died)?)
         });
