@@ -66,7 +66,6 @@ pub fn serve(registry: Arc<Registry>, events: EventSink) -> Result<()> {
     // sandbox boot): dialing earlier races the guest's vsock driver.
     log::boot_step("listening");
     log::info(READY_LINE);
-    log::boot_step("banner written");
     loop {
         // A failed accept or spawn loses one connection, never the VM.
         let conn = match listener.accept() {

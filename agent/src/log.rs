@@ -1,11 +1,18 @@
 //! Agent log lines on the guest console (the host keeps it as `console.log`).
 
 pub fn info(msg: &str) {
-    eprintln!("hull-agent: {msg}");
+    line(&format!("hull-agent: {msg}\n"));
 }
 
 pub fn error(msg: &str) {
-    eprintln!("hull-agent: error: {msg}");
+    line(&format!("hull-agent: error: {msg}\n"));
+}
+
+/// One write per line: the host looks for the ready line's exact bytes, and `eprintln!`'s
+/// several writes would let a kernel message (at `loglevel=7`) land between them.
+fn line(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// A boot step, into the kernel's log only (`<6>`: info, below `quiet`'s console level), where

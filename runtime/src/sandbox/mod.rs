@@ -48,6 +48,9 @@ fn boot_timeout() -> Duration {
 const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t nomodule no_timer_check";
 /// x86's kernel command line limit (COMMAND_LINE_SIZE), with its NUL.
 const KERNEL_CMDLINE_MAX: usize = 2047;
+/// What either VMM appends after ours: a `virtio_mmio.device=SIZE@ADDR:IRQ` (about 36 bytes)
+/// per device. A longer line would be cut by the kernel, devices first.
+const VMM_CMDLINE_RESERVE: usize = 256;
 
 fn kernel_cmdline() -> Result<String> {
     kernel_cmdline_with(&std::env::var("HULL_KERNEL_APPEND").unwrap_or_default())
@@ -64,9 +67,11 @@ fn kernel_cmdline_with(extra: &str) -> Result<String> {
             extra.as_bytes()[at]
         )));
     }
-    if cmdline.len() > KERNEL_CMDLINE_MAX {
+    let room = KERNEL_CMDLINE_MAX - VMM_CMDLINE_RESERVE;
+    if cmdline.len() > room {
         return Err(SandboxError::KernelAppend(format!(
-            "the command line would be {} bytes, more than the kernel's {KERNEL_CMDLINE_MAX}",
+            "the command line would be {} bytes, more than the {room} that the kernel's {KERNEL_CMDLINE_MAX} leave \
+             after the VMM's device parameters",
             cmdline.len()
         )));
     }
@@ -362,8 +367,14 @@ mod tests {
         assert!(line.ends_with(" loglevel=7"), "{line}");
         let err = kernel_cmdline_with("a\tb").unwrap_err().to_string();
         assert_eq!(err, "HULL_KERNEL_APPEND: byte 1 is a control character (0x09)");
-        let err = kernel_cmdline_with(&"x".repeat(KERNEL_CMDLINE_MAX)).unwrap_err().to_string();
-        assert!(err.starts_with("HULL_KERNEL_APPEND: the command line would be "), "{err}");
+        let room = KERNEL_CMDLINE_MAX - VMM_CMDLINE_RESERVE;
+        let fits = "x".repeat(room - KERNEL_CMDLINE.len() - 1);
+        assert_eq!(kernel_cmdline_with(&fits).unwrap().len(), room);
+        let err = kernel_cmdline_with(&format!("{fits}x")).unwrap_err().to_string();
+        assert!(
+            err.starts_with("HULL_KERNEL_APPEND: the command line would be 1792 bytes, more than the 1791"),
+            "{err}"
+        );
     }
 
     fn exited(name: &'static str, how: &str) -> ProcessError {

@@ -163,8 +163,18 @@ pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel: &LoadedKernel) ->
     Ok((addr, size))
 }
 
-/// Write the command line.
+/// x86 Linux keeps this much of the command line (COMMAND_LINE_SIZE 2048, with its NUL) and
+/// silently drops the rest: the device parameters, which come last.
+pub const LINUX_CMDLINE_MAX: usize = 2047;
+
+/// Write the command line (with the device parameters already appended).
 pub fn load_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootError> {
+    if cmdline.len() > LINUX_CMDLINE_MAX {
+        return Err(BootError::Cmdline(format!(
+            "{} bytes with the device parameters; the guest kernel keeps only {LINUX_CMDLINE_MAX} and would lose its devices",
+            cmdline.len()
+        )));
+    }
     let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
     cl.insert_str(cmdline).map_err(|e| BootError::Cmdline(e.to_string()))?;
     loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(|e| BootError::Cmdline(e.to_string()))
@@ -318,6 +328,14 @@ mod tests {
         let err = load_kernel(&crate::memory::create(16).unwrap(), &path).err().unwrap().to_string();
         std::fs::remove_file(&path).unwrap();
         assert!(err.contains("runs past the end of the file"), "{err}");
+    }
+
+    #[test]
+    fn a_command_line_the_kernel_would_cut_is_refused() {
+        let mem = crate::memory::create(16).unwrap();
+        load_cmdline(&mem, &"x".repeat(LINUX_CMDLINE_MAX)).unwrap();
+        let err = load_cmdline(&mem, &"x".repeat(LINUX_CMDLINE_MAX + 1)).unwrap_err().to_string();
+        assert!(err.contains("2048 bytes with the device parameters"), "{err}");
     }
 
     #[test]
