@@ -534,6 +534,12 @@ fn a_kill_the_guest_never_reports_is_recorded_by_the_host() {
     assert_eq!(exits, [("c1".into(), None, KILLED), ("c1".into(), Some("e1".into()), KILLED)]);
     assert!(killed.elapsed() >= GRACE, "recorded before the grace was over");
     assert!(matches!(r.next(), PodEvent::SandboxFailed { .. }));
+    // The watcher thread reports the failure, then stops the VM: under load the event can
+    // arrive here first (seen once in CI, 2026-12-08).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !r.vm_stopped.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(r.vm_stopped.load(Ordering::SeqCst), "the VM was left running");
     assert_eq!(r.pod.wait("c1", None).unwrap().status, KILLED);
     r.pod.remove_container("c1").unwrap();
