@@ -93,10 +93,9 @@ pub fn from_snapshot(file: File, offset: u64, mib: u64) -> Result<GuestMemoryMma
 ///
 /// Guest RAM is a shared memfd, so the bytes go in through its write path, not the mapping:
 /// the kernel then allocates each page for a write that fills it, neither zeroing it first nor
-/// taking a page fault per page, as reading into the mapping does. That is most of what
-/// loading a kernel and initrd costs (on nested KVM under TCG, more than half a second of
-/// hull-vmm's start). Memory that is not a shared file (a snapshot's private mapping, whose
-/// file must never be written) takes the plain read.
+/// taking a page fault per page, as reading into the mapping does (on this host a kernel and
+/// initrd load went from 9.7 to 6.7 ms). Memory that is not a shared file (a snapshot's
+/// private mapping, whose file must never be written) takes the plain read.
 pub fn fill_from_file(
     mem: &GuestMemoryMmap,
     addr: GuestAddress,
